@@ -1,0 +1,96 @@
+//! The admin listener: `/healthz`, `/metrics` (Prometheus text), `/pool` (JSON view of every
+//! origin's connections). Separate from client traffic; never proxies.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// Serves the admin endpoints until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = shutdown.changed() => return,
+        };
+        let proxy = proxy.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let r = route(&req, &proxy, &metrics);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, proxy: &Proxy, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        "/pool" => (StatusCode::OK, "application/json", pool_json(proxy)),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+fn pool_json(proxy: &Proxy) -> String {
+    let origins: Vec<_> = proxy
+        .origins()
+        .map(|o| {
+            let conns: Vec<_> = o
+                .stats()
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "id": c.id,
+                        "protocol": c.protocol,
+                        "streams_in_flight": c.in_flight,
+                        "max_streams": c.max_streams,
+                        "draining": c.draining,
+                        "age_seconds": c.age.as_secs_f64(),
+                        "requests": c.served,
+                        "handshake": match c.resumed { Some(true) => "resumed", Some(false) => "full", None => "none" },
+                    })
+                })
+                .collect();
+            serde_json::json!({"origin": o.name(), "protocol": o.protocol(), "connections": conns})
+        })
+        .collect();
+    let mut s = serde_json::Value::Array(origins).to_string();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,689 @@
+//! Configuration: figment layering (built-in defaults → TOML file → `MUXGATE_` environment) into
+//! serde structs, then [`Config::validate`], which returns a [`ValidConfig`] that can no longer be
+//! invalid (parsed URLs, loaded certificate paths checked, limits in range).
+//!
+//! Does not open sockets or read certificates' contents beyond checking the files exist; the
+//! server and upstream modules do that.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A configuration error: one line naming the key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `origins.0.url`; empty when the error is about the whole file.
+    pub key: String,
+    /// Why the value is refused.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config error: {}", self.reason)
+        } else {
+            write!(f, "config error: key `{}`: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A duration written as a human string (`"90s"`, `"5m"`, `"250ms"`) or whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Text(t) => humantime::parse_duration(t.trim())
+                .map(HumanDuration)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+        }
+    }
+}
+
+/// A size in bytes written as an integer or a string with a unit (`"256MiB"`, `"64KiB"`, `"1GB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"123"`, `"64KiB"`, `"1.5MB"`, `"2 GiB"`; units are case-insensitive.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num: f64 = num.parse().map_err(|_| {
+            format!("invalid size {text:?}: expected a number with an optional unit")
+        })?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
+        };
+        let bytes = num * mult as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(format!("invalid size {text:?}: out of range"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn secs(s: u64) -> HumanDuration {
+    HumanDuration(Duration::from_secs(s))
+}
+
+/// The whole configuration as written by the operator (before validation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Plain HTTP listeners. Default: `["127.0.0.1:8080"]`.
+    pub listen: Vec<String>,
+    /// TLS listeners (client TLS terminated here). Default: none.
+    pub listen_tls: Vec<TlsListen>,
+    /// Admin listener (`/healthz`, `/metrics`, `/pool`).
+    pub admin: Admin,
+    /// Limits on client (downstream) connections.
+    pub client: ClientLimits,
+    /// Origins, matched by Host header in order of specificity (exact, `*.suffix`, `*`).
+    pub origins: Vec<Origin>,
+    /// Log output: `"text"` (default) or `"json"`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec!["127.0.0.1:8080".into()],
+            listen_tls: Vec::new(),
+            admin: Admin::default(),
+            client: ClientLimits::default(),
+            origins: Vec::new(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// One TLS listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListen {
+    /// Address to bind, e.g. `"0.0.0.0:8443"`. Required.
+    pub listen: String,
+    /// PEM certificate chain (leaf first). Required.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin listener; empty string disables it. Default: `"127.0.0.1:9901"`.
+    pub listen: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+/// Limits applied to every client connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientLimits {
+    /// Open client connections at most; further connections are closed at accept. Default 10000.
+    pub max_connections: usize,
+    /// Time allowed to receive a complete request header block. On a keep-alive connection the
+    /// clock starts when the previous response is done, so this is also the keep-alive idle
+    /// timeout. Default `"30s"`.
+    pub header_timeout: HumanDuration,
+    /// TLS handshake time allowed for a client. Default `"10s"`.
+    pub tls_handshake_timeout: HumanDuration,
+    /// Largest request header block (request line + fields). Default `"64KiB"` → 431 past it.
+    pub max_header_size: ByteSize,
+    /// Most request header fields. Default 100 → 431 past it.
+    pub max_headers: usize,
+    /// Largest request body; 0 means unlimited. Default `"0"` → 413 past it.
+    pub max_body_size: ByteSize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default `"30s"`.
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_connections: 10_000,
+            header_timeout: secs(30),
+            tls_handshake_timeout: secs(10),
+            max_header_size: ByteSize(64 * 1024),
+            max_headers: 100,
+            max_body_size: ByteSize(0),
+            drain_timeout: secs(30),
+        }
+    }
+}
+
+/// One origin: where requests for some hosts go, and how its connections are pooled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Origin {
+    /// Name used in metrics and logs. Required, unique.
+    pub name: String,
+    /// Host patterns: exact names, `"*.example.com"`, or `"*"`. Required.
+    pub hosts: Vec<String>,
+    /// `https://host:port` (TLS, ALPN h2 then http/1.1) or `http://host:port` (cleartext HTTP/1.1).
+    pub url: String,
+    /// Extra PEM CA bundle trusted in addition to the system roots.
+    pub tls_ca: Option<PathBuf>,
+    /// SNI and verified name; default: the URL's host.
+    pub tls_server_name: Option<String>,
+    /// Verify the origin's certificate. Default true; false logs a warning at start.
+    pub tls_verify: bool,
+    /// ALPN protocols offered, in order. Default `["h2", "http/1.1"]`.
+    pub alpn: Vec<String>,
+    /// Rewrite the Host / `:authority` sent to the origin; default: keep the client's.
+    pub host_header: Option<String>,
+    /// HTTP/2: connections kept open even when one would do. Default 1.
+    pub min_connections: usize,
+    /// HTTP/2: connections at most. Default 16.
+    pub max_connections: usize,
+    /// HTTP/2: concurrent streams assumed before the origin's SETTINGS arrive. Default 100.
+    pub initial_max_streams: usize,
+    /// HTTP/1.1 pool: connections at most (busy + idle). Default 1024.
+    pub h1_max_connections: usize,
+    /// HTTP/1.1 pool: idle keep-alive connections kept at most. Default 256.
+    pub h1_max_idle: usize,
+    /// Requests waiting for a connection or stream at most; past it 503. Default 4096.
+    pub max_pending: usize,
+    /// How long a request may wait for a connection or stream; then 503. Default `"10s"`.
+    pub pending_timeout: HumanDuration,
+    /// TCP connect timeout. Default `"5s"`.
+    pub connect_timeout: HumanDuration,
+    /// TLS handshake timeout. Default `"10s"`.
+    pub tls_handshake_timeout: HumanDuration,
+    /// Time from sending a request to the origin's response header; then 504. Default `"60s"`.
+    pub response_header_timeout: HumanDuration,
+    /// Close an upstream connection idle this long. Default `"90s"`.
+    pub idle_timeout: HumanDuration,
+    /// HTTP/2 PING interval; `"0s"` disables. Default `"30s"`.
+    pub keepalive_interval: HumanDuration,
+    /// HTTP/2 PING answer timeout; the connection is closed past it. Default `"10s"`.
+    pub keepalive_timeout: HumanDuration,
+    /// HTTP/2 per-stream receive window. Default `"2MiB"`.
+    pub stream_window: ByteSize,
+    /// HTTP/2 per-connection receive window. Default `"16MiB"`.
+    pub connection_window: ByteSize,
+    /// Request bodies up to this size are buffered so a request the origin never processed can be
+    /// retried on another connection. Default `"64KiB"`.
+    pub retry_buffer: ByteSize,
+    /// Also retry idempotent requests that may have reached the origin (connection reset
+    /// mid-request), once. Default false.
+    pub retry_idempotent: bool,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Origin {
+            name: String::new(),
+            hosts: Vec::new(),
+            url: String::new(),
+            tls_ca: None,
+            tls_server_name: None,
+            tls_verify: true,
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            host_header: None,
+            min_connections: 1,
+            max_connections: 16,
+            initial_max_streams: 100,
+            h1_max_connections: 1024,
+            h1_max_idle: 256,
+            max_pending: 4096,
+            pending_timeout: secs(10),
+            connect_timeout: secs(5),
+            tls_handshake_timeout: secs(10),
+            response_header_timeout: secs(60),
+            idle_timeout: secs(90),
+            keepalive_interval: secs(30),
+            keepalive_timeout: secs(10),
+            stream_window: ByteSize(2 << 20),
+            connection_window: ByteSize(16 << 20),
+            retry_buffer: ByteSize(64 << 10),
+            retry_idempotent: false,
+        }
+    }
+}
+
+/// Origin URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Cleartext HTTP/1.1.
+    Http,
+    /// TLS with ALPN.
+    Https,
+}
+
+/// A TLS listener with its address parsed and files checked.
+#[derive(Debug, Clone)]
+pub struct ValidTlsListen {
+    /// Bind address.
+    pub addr: SocketAddr,
+    /// Certificate chain file.
+    pub cert: PathBuf,
+    /// Private key file.
+    pub key: PathBuf,
+}
+
+/// An origin after validation.
+#[derive(Debug, Clone)]
+pub struct ValidOrigin {
+    /// The operator's settings.
+    pub raw: Origin,
+    /// Scheme from the URL.
+    pub scheme: Scheme,
+    /// Host from the URL (name or IP literal, without brackets).
+    pub host: String,
+    /// Port from the URL (default 443 / 80).
+    pub port: u16,
+}
+
+/// A configuration that passed [`Config::validate`].
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// The operator's settings, as loaded.
+    pub raw: Config,
+    /// Plain listeners.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners.
+    pub listen_tls: Vec<ValidTlsListen>,
+    /// Admin listener, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Origins in configuration order.
+    pub origins: Vec<ValidOrigin>,
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given), then `MUXGATE_*` environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(err(
+                    "",
+                    format!("config file {} does not exist", p.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(Env::prefixed("MUXGATE_").split("__").lowercase(true));
+        fig.extract().map_err(figment_error)
+    }
+
+    /// Parses TOML text over the defaults (no environment): used by tests and the fuzz target.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(figment_error)
+    }
+
+    /// Checks every value and combination; returns a config that can be run as is.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        let listen = self
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| parse_addr(&format!("listen.{i}"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut listen_tls = Vec::new();
+        for (i, l) in self.listen_tls.iter().enumerate() {
+            let k = format!("listen_tls.{i}");
+            listen_tls.push(ValidTlsListen {
+                addr: parse_addr(&format!("{k}.listen"), &l.listen)?,
+                cert: existing_file(&format!("{k}.cert"), &l.cert)?,
+                key: existing_file(&format!("{k}.key"), &l.key)?,
+            });
+        }
+        if listen.is_empty() && listen_tls.is_empty() {
+            return Err(err("listen", "no listener: set `listen` or `listen_tls`"));
+        }
+        let admin = if self.admin.listen.trim().is_empty() {
+            None
+        } else {
+            Some(parse_addr("admin.listen", &self.admin.listen)?)
+        };
+        let c = &self.client;
+        if c.max_connections == 0 {
+            return Err(err("client.max_connections", "must be at least 1"));
+        }
+        if c.max_header_size.0 < 1024 {
+            return Err(err("client.max_header_size", "must be at least 1KiB"));
+        }
+        if c.max_headers == 0 {
+            return Err(err("client.max_headers", "must be at least 1"));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(err("log_format", "must be \"text\" or \"json\""));
+        }
+        let mut origins = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, o) in self.origins.iter().enumerate() {
+            let v = validate_origin(&format!("origins.{i}"), o)?;
+            if !names.insert(o.name.clone()) {
+                return Err(err(
+                    format!("origins.{i}.name"),
+                    format!("duplicate origin name {:?}", o.name),
+                ));
+            }
+            origins.push(v);
+        }
+        Ok(ValidConfig {
+            listen,
+            listen_tls,
+            admin,
+            origins,
+            raw: self,
+        })
+    }
+}
+
+fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
+    if o.name.is_empty() {
+        return Err(err(format!("{k}.name"), "required"));
+    }
+    if !o
+        .name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(err(
+            format!("{k}.name"),
+            "only letters, digits, '-', '_' and '.' are allowed",
+        ));
+    }
+    if o.hosts.is_empty() {
+        return Err(err(
+            format!("{k}.hosts"),
+            "at least one host pattern is required",
+        ));
+    }
+    for (j, h) in o.hosts.iter().enumerate() {
+        crate::route::HostPattern::parse(h).map_err(|r| err(format!("{k}.hosts.{j}"), r))?;
+    }
+    let (scheme, host, port) = parse_origin_url(&o.url).map_err(|r| err(format!("{k}.url"), r))?;
+    if let Some(ca) = &o.tls_ca {
+        existing_file(&format!("{k}.tls_ca"), ca)?;
+    }
+    if let Some(sni) = &o.tls_server_name {
+        rustls_pki_types::ServerName::try_from(sni.as_str()).map_err(|_| {
+            err(
+                format!("{k}.tls_server_name"),
+                "not a valid DNS name or IP address",
+            )
+        })?;
+    }
+    if o.alpn.is_empty() || o.alpn.iter().any(|p| p != "h2" && p != "http/1.1") {
+        return Err(err(
+            format!("{k}.alpn"),
+            "must list \"h2\" and/or \"http/1.1\"",
+        ));
+    }
+    if let Some(h) = &o.host_header {
+        http::uri::Authority::try_from(h.as_str())
+            .map_err(|_| err(format!("{k}.host_header"), "not a valid host[:port]"))?;
+    }
+    if o.max_connections == 0 {
+        return Err(err(format!("{k}.max_connections"), "must be at least 1"));
+    }
+    if o.min_connections > o.max_connections {
+        return Err(err(
+            format!("{k}.min_connections"),
+            "must not exceed max_connections",
+        ));
+    }
+    if o.initial_max_streams == 0 {
+        return Err(err(
+            format!("{k}.initial_max_streams"),
+            "must be at least 1",
+        ));
+    }
+    if o.h1_max_connections == 0 {
+        return Err(err(format!("{k}.h1_max_connections"), "must be at least 1"));
+    }
+    for (key, d) in [
+        ("connect_timeout", o.connect_timeout),
+        ("tls_handshake_timeout", o.tls_handshake_timeout),
+        ("response_header_timeout", o.response_header_timeout),
+        ("pending_timeout", o.pending_timeout),
+        ("idle_timeout", o.idle_timeout),
+        ("keepalive_timeout", o.keepalive_timeout),
+    ] {
+        if d.0.is_zero() {
+            return Err(err(format!("{k}.{key}"), "must be greater than zero"));
+        }
+    }
+    for (key, w) in [
+        ("stream_window", o.stream_window),
+        ("connection_window", o.connection_window),
+    ] {
+        if w.0 < 65_535 || w.0 > (1 << 31) - 1 {
+            return Err(err(
+                format!("{k}.{key}"),
+                "must be between 65535 and 2147483647 bytes (RFC 9113 §6.9.1)",
+            ));
+        }
+    }
+    Ok(ValidOrigin {
+        raw: o.clone(),
+        scheme,
+        host,
+        port,
+    })
+}
+
+/// Parses an origin URL: `http(s)://host[:port]` with no path, query or credentials.
+pub fn parse_origin_url(url: &str) -> Result<(Scheme, String, u16), String> {
+    if url.is_empty() {
+        return Err("required".into());
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => Scheme::Https,
+        Some("http") => Scheme::Http,
+        _ => return Err(format!("invalid URL {url:?}: scheme must be http or https")),
+    };
+    let auth = uri
+        .authority()
+        .ok_or_else(|| format!("invalid URL {url:?}: no host"))?;
+    if auth.as_str().contains('@') {
+        return Err(format!("invalid URL {url:?}: credentials are not allowed"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err(format!(
+            "invalid URL {url:?}: a path or query is not supported"
+        ));
+    }
+    let host = auth
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if host.is_empty() {
+        return Err(format!("invalid URL {url:?}: no host"));
+    }
+    let port = auth.port_u16().unwrap_or(match scheme {
+        Scheme::Https => 443,
+        Scheme::Http => 80,
+    });
+    Ok((scheme, host, port))
+}
+
+fn parse_addr(key: &str, a: &str) -> Result<SocketAddr, ConfigError> {
+    a.trim().parse().map_err(|_| {
+        err(
+            key,
+            format!("invalid address {a:?}: expected ip:port, e.g. 127.0.0.1:8080"),
+        )
+    })
+}
+
+fn existing_file(key: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+    if p.is_file() {
+        Ok(p.to_path_buf())
+    } else {
+        Err(err(
+            key,
+            format!("file {} does not exist or is not a file", p.display()),
+        ))
+    }
+}
+
+fn figment_error(e: figment::Error) -> ConfigError {
+    let key = e.path.join(".");
+    let mut reason = e.kind.to_string();
+    if let Some(src) = &e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        reason.push_str(&format!(" (in {src})"));
+    }
+    // A TOML syntax error carries its position in the message; keep it on one line.
+    let reason = reason.replace('\n', " ").trim().to_string();
+    ConfigError { key, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_design_config_loads() {
+        let c = Config::from_toml(
+            r#"
+listen = ["127.0.0.1:8080"]
+[admin]
+listen = "127.0.0.1:9901"
+[[origins]]
+name = "app"
+hosts = ["*"]
+url = "https://127.0.0.1:8443"
+"#,
+        )
+        .and_then(Config::validate);
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.origins[0].port, 8443);
+        assert_eq!(c.origins[0].scheme, Scheme::Https);
+        assert_eq!(c.origins[0].raw.max_connections, 16);
+    }
+
+    #[test]
+    fn unknown_key_names_key() {
+        let e = Config::from_toml("[admin]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(e.key.contains("admin"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key() {
+        let e = Config::from_toml(
+            "[[origins]]\nname=\"a\"\nhosts=[\"*\"]\nurl=\"http://x\"\nconnect_timeout=\"5 parsecs\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "origins.0.connect_timeout", "{e}");
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn bad_address_and_missing_cert() {
+        let e = Config::from_toml("listen=[\"nope\"]")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "listen.0");
+        let e = Config::from_toml("[[listen_tls]]\nlisten=\"127.0.0.1:0\"\ncert=\"/nonexistent.pem\"\nkey=\"/nonexistent.key\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "listen_tls.0.cert");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(ByteSize::parse("256MiB"), Ok(ByteSize(256 << 20)));
+        assert_eq!(ByteSize::parse("1kb"), Ok(ByteSize(1000)));
+        assert_eq!(ByteSize::parse("17"), Ok(ByteSize(17)));
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("").is_err());
+    }
+
+    #[test]
+    fn origin_url_rules() {
+        assert_eq!(
+            parse_origin_url("http://a.b").unwrap(),
+            (Scheme::Http, "a.b".into(), 80)
+        );
+        assert_eq!(
+            parse_origin_url("https://[::1]:9").unwrap(),
+            (Scheme::Https, "::1".into(), 9)
+        );
+        assert!(parse_origin_url("ftp://a").is_err());
+        assert!(parse_origin_url("https://a/path").is_err());
+        assert!(parse_origin_url("https://u:p@a").is_err());
+    }
+}

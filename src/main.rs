@@ -1,0 +1,184 @@
+//! The `muxgate` command: `run` (default), `check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use muxgate::config::Config;
+use muxgate::demo::{self, DemoOpts};
+use muxgate::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "muxgate",
+    version,
+    about = "Many HTTP/1.1 clients onto a few multiplexed HTTP/2 TLS origin connections"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it: built-in defaults and MUXGATE_* variables.
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and print the effective settings.
+    Check,
+    /// Start an in-process TLS HTTP/2 origin and the gateway, drive a client burst, report.
+    Demo {
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Requests in all.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Response body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        body_size: usize,
+        /// Origin's SETTINGS_MAX_CONCURRENT_STREAMS.
+        #[arg(long, default_value_t = 128)]
+        max_streams: u32,
+        /// Also run the same load straight at the origin (HTTP/1.1 over TLS).
+        #[arg(long)]
+        direct: bool,
+        /// Keep serving after the report (on 127.0.0.1:8080 unless --listen).
+        #[arg(long)]
+        serve: bool,
+        /// Listen address with --serve.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn init_logging(default: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("muxgate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.cmd.unwrap_or(Cmd::Run) {
+        Cmd::Check => match Config::load(cli.config.as_deref()).and_then(Config::validate) {
+            Ok(v) => {
+                match toml_string(&v.raw) {
+                    Ok(s) => print!("{s}"),
+                    Err(e) => eprintln!("muxgate: {e}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run => {
+            let cfg = match Config::load(cli.config.as_deref()).and_then(Config::validate) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging("info", cfg.raw.log_format == "json");
+            rt.block_on(run(cfg))
+        }
+        Cmd::Demo {
+            clients,
+            requests,
+            body_size,
+            max_streams,
+            direct,
+            serve,
+            listen,
+        } => {
+            init_logging("warn", false);
+            let opts = DemoOpts {
+                clients,
+                requests,
+                body_size,
+                max_streams,
+                direct,
+                serve: serve.then_some(listen),
+            };
+            match rt.block_on(demo::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("muxgate demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn toml_string(c: &Config) -> Result<String, String> {
+    let v = serde_json::to_value(c).map_err(|e| e.to_string())?;
+    let mut out = String::from("# effective configuration\n");
+    out.push_str(&serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+    out.push('\n');
+    Ok(out)
+}
+
+async fn run(cfg: muxgate::config::ValidConfig) -> ExitCode {
+    let gw = match Gateway::start(cfg).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("muxgate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(http = ?gw.http_addrs, tls = ?gw.tls_addrs, admin = ?gw.admin_addr, "muxgate listening");
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    if gw.shutdown().await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!("drain timeout reached with requests in flight");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

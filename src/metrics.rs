@@ -1,0 +1,239 @@
+//! Metric definitions: every name of the DESIGN.md contract is registered here and nowhere else.
+//! Hot paths hold per-origin handles ([`OriginMetrics`]) so a request touches atomics, not the
+//! family maps.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label set: a few `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+fn histogram() -> Histogram {
+    // 0.5 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+/// All metrics of one gateway instance (tests run several in one process).
+pub struct Metrics {
+    registry: Registry,
+    /// `muxgate_downstream_connections_total{protocol}`
+    pub downstream_connections_total: Family<Labels, Counter>,
+    /// `muxgate_downstream_connections_open`
+    pub downstream_connections_open: Gauge,
+    /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
+    pub downstream_refused_total: Family<Labels, Counter>,
+    /// `muxgate_upstream_connections_total{origin,protocol}`
+    pub upstream_connections_total: Family<Labels, Counter>,
+    /// `muxgate_upstream_connections_open{origin,protocol}`
+    pub upstream_connections_open: Family<Labels, Gauge>,
+    /// `muxgate_upstream_tls_handshakes_total{origin,resumed}`
+    pub upstream_tls_handshakes_total: Family<Labels, Counter>,
+    /// `muxgate_upstream_streams_active{origin}`
+    pub upstream_streams_active: Family<Labels, Gauge>,
+    /// `muxgate_upstream_retries_total{origin,reason}`
+    pub upstream_retries_total: Family<Labels, Counter>,
+    /// `muxgate_upstream_errors_total{origin,kind}`
+    pub upstream_errors_total: Family<Labels, Counter>,
+    /// `muxgate_requests_total{origin,status}`
+    pub requests_total: Family<Labels, Counter>,
+    /// `muxgate_request_duration_seconds{origin}`
+    pub request_duration_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// `muxgate_cache_requests_total{status}`
+    pub cache_requests_total: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("muxgate");
+        let m = Metrics {
+            downstream_connections_total: Family::default(),
+            downstream_connections_open: Gauge::default(),
+            downstream_refused_total: Family::default(),
+            upstream_connections_total: Family::default(),
+            upstream_connections_open: Family::default(),
+            upstream_tls_handshakes_total: Family::default(),
+            upstream_streams_active: Family::default(),
+            upstream_retries_total: Family::default(),
+            upstream_errors_total: Family::default(),
+            requests_total: Family::default(),
+            request_duration_seconds: Family::new_with_constructor(histogram),
+            cache_requests_total: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "downstream_connections",
+            "Client connections accepted",
+            m.downstream_connections_total.clone(),
+        );
+        registry.register(
+            "downstream_connections_open",
+            "Client connections open",
+            m.downstream_connections_open.clone(),
+        );
+        registry.register(
+            "downstream_connections_refused",
+            "Client connections closed at accept (limit) or TLS failure",
+            m.downstream_refused_total.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Origin connections opened",
+            m.upstream_connections_total.clone(),
+        );
+        registry.register(
+            "upstream_connections_open",
+            "Origin connections open",
+            m.upstream_connections_open.clone(),
+        );
+        registry.register(
+            "upstream_tls_handshakes",
+            "Origin TLS handshakes by kind",
+            m.upstream_tls_handshakes_total.clone(),
+        );
+        registry.register(
+            "upstream_streams_active",
+            "Requests in flight to the origin",
+            m.upstream_streams_active.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Requests retried on another origin connection",
+            m.upstream_retries_total.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Origin failures by kind",
+            m.upstream_errors_total.clone(),
+        );
+        registry.register(
+            "requests",
+            "Requests answered, by origin and status",
+            m.requests_total.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            m.request_duration_seconds.clone(),
+        );
+        registry.register(
+            "cache_requests",
+            "Cache lookups by X-Cache-Status",
+            m.cache_requests_total.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Pre-resolved handles for one origin.
+    pub fn origin(self: &Arc<Self>, origin: &str) -> OriginMetrics {
+        // `get_or_create` returns a read guard on the family: take each handle in its own
+        // statement, or a second call on the same family deadlocks on the write lock.
+        let labels = |k: &'static str, v: &str| -> Labels {
+            vec![("origin", origin.to_string()), (k, v.to_string())]
+        };
+        let counter = |f: &Family<Labels, Counter>, l: Labels| f.get_or_create(&l).clone();
+        let gauge = |f: &Family<Labels, Gauge>, l: Labels| f.get_or_create(&l).clone();
+        let conns_h2 = counter(&self.upstream_connections_total, labels("protocol", "h2"));
+        let conns_h1 = counter(
+            &self.upstream_connections_total,
+            labels("protocol", "http/1.1"),
+        );
+        let open_h2 = gauge(&self.upstream_connections_open, labels("protocol", "h2"));
+        let open_h1 = gauge(
+            &self.upstream_connections_open,
+            labels("protocol", "http/1.1"),
+        );
+        let handshakes_full = counter(
+            &self.upstream_tls_handshakes_total,
+            labels("resumed", "false"),
+        );
+        let handshakes_resumed = counter(
+            &self.upstream_tls_handshakes_total,
+            labels("resumed", "true"),
+        );
+        let only = vec![("origin", origin.to_string())];
+        let streams_active = gauge(&self.upstream_streams_active, only.clone());
+        let duration = self.request_duration_seconds.get_or_create(&only).clone();
+        OriginMetrics {
+            name: origin.to_string(),
+            conns_h2,
+            conns_h1,
+            open_h2,
+            open_h1,
+            handshakes_full,
+            handshakes_resumed,
+            streams_active,
+            duration,
+            all: self.clone(),
+        }
+    }
+}
+
+/// Per-origin metric handles.
+#[derive(Clone)]
+pub struct OriginMetrics {
+    name: String,
+    /// Connections opened, h2.
+    pub conns_h2: Counter,
+    /// Connections opened, HTTP/1.1.
+    pub conns_h1: Counter,
+    /// Open h2 connections.
+    pub open_h2: Gauge,
+    /// Open HTTP/1.1 connections.
+    pub open_h1: Gauge,
+    /// Full TLS handshakes.
+    pub handshakes_full: Counter,
+    /// Resumed TLS handshakes.
+    pub handshakes_resumed: Counter,
+    /// Requests in flight.
+    pub streams_active: Gauge,
+    /// Request duration.
+    pub duration: Histogram,
+    all: Arc<Metrics>,
+}
+
+impl OriginMetrics {
+    /// Counts one upstream error by kind.
+    pub fn error(&self, kind: &'static str) {
+        self.all
+            .upstream_errors_total
+            .get_or_create(&vec![("origin", self.name.clone()), ("kind", kind.into())])
+            .inc();
+    }
+
+    /// Counts one retry by reason.
+    pub fn retry(&self, reason: &'static str) {
+        self.all
+            .upstream_retries_total
+            .get_or_create(&vec![
+                ("origin", self.name.clone()),
+                ("reason", reason.into()),
+            ])
+            .inc();
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, status: u16) {
+        self.all
+            .requests_total
+            .get_or_create(&vec![
+                ("origin", self.name.clone()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+}

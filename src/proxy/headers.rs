@@ -1,0 +1,169 @@
+//! Header translation between the client side and the origin side. Pure functions over
+//! `http::HeaderMap`, so they are unit-tested and fuzzed without sockets.
+//!
+//! RFC 9110 §7.6.1: "Intermediaries MUST parse a received Connection header field before a
+//! message is forwarded and, for each connection-option in this field, remove any header or
+//! trailer field(s) from the message with the same name as the connection-option, and then
+//! remove the Connection header field itself."
+//! RFC 9113 §8.2.2: HTTP/2 "MUST NOT contain any connection-specific header field"; the only
+//! exception is TE, which "MAY be present ... but MUST NOT contain any value other than
+//! 'trailers'".
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Fields that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, RFC 9113 §8.2.2).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "http2-settings",
+];
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Names nominated by `Connection` (lower-cased; unparseable tokens are ignored).
+fn connection_nominated(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Removes hop-by-hop fields and those `Connection` nominates. `keep_te_trailers` keeps a
+/// `TE: trailers` (allowed in HTTP/2 requests).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
+    let te_trailers = keep_te_trailers
+        && h.get_all(header::TE).iter().any(|v| {
+            v.to_str()
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
+                .unwrap_or(false)
+        });
+    for name in connection_nominated(h) {
+        h.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Client request headers → origin request headers: hop-by-hop removed, `Host` removed (the
+/// caller carries it as `:authority` or re-adds it), `Expect` removed (the gateway answers
+/// 100-continue itself), `X-Forwarded-For` appended, `X-Forwarded-Proto` set.
+pub fn request_to_origin(mut h: HeaderMap, client: IpAddr, tls: bool) -> HeaderMap {
+    strip_hop_by_hop(&mut h, true);
+    h.remove(header::HOST);
+    h.remove(header::EXPECT);
+    let ip = client.to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    // Joined values of valid header text plus an IP literal stay valid header text.
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    h
+}
+
+/// Origin response headers → client response headers: hop-by-hop removed; everything
+/// end-to-end (the origin's `Date` and `Server` included) passes unchanged.
+pub fn response_to_client(h: &mut HeaderMap) {
+    strip_hop_by_hop(h, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn request_hop_by_hop_removed() {
+        let h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAAA"),
+            ("te", "gzip, trailers"),
+            ("host", "a.test"),
+            ("expect", "100-continue"),
+            ("x-end-to-end", "kept"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        let out = request_to_origin(h, "127.0.0.1".parse().unwrap(), true);
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+            "host",
+            "expect",
+        ] {
+            assert!(!out.contains_key(gone), "{gone} forwarded");
+        }
+        assert_eq!(out["te"], "trailers");
+        assert_eq!(out["x-end-to-end"], "kept");
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(out["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn te_without_trailers_dropped() {
+        let out = request_to_origin(map(&[("te", "gzip")]), "::1".parse().unwrap(), false);
+        assert!(!out.contains_key("te"));
+        assert_eq!(out["x-forwarded-for"], "::1");
+        assert_eq!(out["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn response_keeps_date_and_server() {
+        let mut h = map(&[
+            ("date", "Tue, 01 Jan 2030 00:00:00 GMT"),
+            ("server", "origin/1"),
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        response_to_client(&mut h);
+        assert_eq!(h["date"], "Tue, 01 Jan 2030 00:00:00 GMT");
+        assert_eq!(h["server"], "origin/1");
+        assert!(!h.contains_key("x-hop"));
+        assert!(!h.contains_key("connection"));
+        assert!(!h.contains_key("transfer-encoding"));
+    }
+}

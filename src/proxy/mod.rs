@@ -1,0 +1,447 @@
+//! The request path between the client-facing server and the origin pools: route by host,
+//! check the request, translate headers ([`headers`]), send through the origin's pool, translate
+//! the response, and write one access-log line when the response body is done.
+
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+
+use crate::config::ValidConfig;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::route::Router;
+use crate::upstream::{BoxError, OriginPool, OutBody, OutHead, Outgoing, UpBody};
+
+/// Response body sent to clients.
+pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Who sent a request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Arrived over TLS.
+    pub tls: bool,
+}
+
+struct Route {
+    pool: Arc<OriginPool>,
+    host_header: Option<Authority>,
+    retry_buffer: u64,
+}
+
+/// Routing table, origin pools and request limits.
+pub struct Proxy {
+    router: Router,
+    routes: Vec<Route>,
+    max_body_size: u64,
+    body_timeout: Duration,
+}
+
+impl Proxy {
+    /// Builds pools for every origin of `cfg`.
+    pub fn new(cfg: &ValidConfig, metrics: &Arc<Metrics>) -> Result<Proxy, String> {
+        let router = Router::new(
+            cfg.origins
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (i, o.raw.hosts.as_slice())),
+        );
+        let mut routes = Vec::new();
+        for o in &cfg.origins {
+            let pool = OriginPool::new(o, metrics.origin(&o.raw.name))
+                .map_err(|e| format!("origin {}: {e}", o.raw.name))?;
+            routes.push(Route {
+                pool: Arc::new(pool),
+                host_header: o
+                    .raw
+                    .host_header
+                    .as_deref()
+                    .and_then(|h| Authority::try_from(h).ok()),
+                retry_buffer: o.raw.retry_buffer.0,
+            });
+        }
+        Ok(Proxy {
+            router,
+            routes,
+            max_body_size: cfg.raw.client.max_body_size.0,
+            body_timeout: cfg.raw.client.header_timeout.0,
+        })
+    }
+
+    /// The pool of the origin named `name`.
+    pub fn origin(&self, name: &str) -> Option<&Arc<OriginPool>> {
+        self.routes
+            .iter()
+            .map(|r| &r.pool)
+            .find(|p| p.name() == name)
+    }
+
+    /// All origin pools.
+    pub fn origins(&self) -> impl Iterator<Item = &Arc<OriginPool>> {
+        self.routes.iter().map(|r| &r.pool)
+    }
+
+    /// Serves one request; never fails (errors become responses).
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        client: ClientInfo,
+    ) -> Response<RespBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let start = Instant::now();
+        let mut log = AccessLog {
+            client: client.peer,
+            method: req.method().clone(),
+            host: String::new(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            status: 0,
+            bytes: 0,
+            start,
+            origin: "-".into(),
+            protocol: "-",
+            conn_id: 0,
+        };
+        let result = self.forward(req, client, &mut log).await;
+        let (mut resp, origin) = match result {
+            Ok((resp, origin)) => (resp, Some(origin)),
+            Err((e, origin)) => {
+                if e.side() != crate::error::Side::Client {
+                    tracing::warn!(origin = %log.origin, host = %log.host, error = %e, "request failed");
+                }
+                (error_response(&e), origin)
+            }
+        };
+        log.status = resp.status().as_u16();
+        if let Some(o) = origin {
+            let m = o.metrics();
+            m.request(log.status);
+            m.duration.observe(start.elapsed().as_secs_f64());
+        }
+        *resp.version_mut() = Version::HTTP_11;
+        resp.map(|b| {
+            LoggedBody {
+                inner: b,
+                log: Some(log),
+            }
+            .boxed_unsync()
+        })
+    }
+
+    async fn forward<B>(
+        &self,
+        req: Request<B>,
+        client: ClientInfo,
+        log: &mut AccessLog,
+    ) -> Result<(Response<RespBody>, Arc<OriginPool>), (Error, Option<Arc<OriginPool>>)>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let host = request_host(&parts).map_err(|e| (e, None))?;
+        log.host = host.to_string();
+        let idx = self
+            .router
+            .route(host.host())
+            .ok_or((Error::NoRoute, None))?;
+        let route = &self.routes[idx];
+        let pool = route.pool.clone();
+        log.origin = pool.name().to_string();
+        let fail = |e: Error| (e, Some(pool.clone()));
+        if parts.method == Method::CONNECT {
+            return Err(fail(Error::BadRequest("CONNECT is not supported")));
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let declared = content_length(&parts.headers).map_err(fail)?;
+        if self.max_body_size > 0 && declared.is_some_and(|n| n > self.max_body_size) {
+            return Err(fail(Error::BodyTooLarge));
+        }
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = self
+            .request_body(body, declared, route.retry_buffer, exceeded.clone())
+            .await
+            .map_err(fail)?;
+        let out = Outgoing {
+            head: OutHead {
+                method: parts.method,
+                authority: route.host_header.clone().unwrap_or(host),
+                path_and_query,
+                headers: headers::request_to_origin(parts.headers, client.peer.ip(), client.tls),
+            },
+            body,
+        };
+        let up = match pool.send(out).await {
+            Ok(up) => up,
+            Err(_) if exceeded.load(Ordering::Acquire) => return Err(fail(Error::BodyTooLarge)),
+            Err(e) => return Err(fail(e)),
+        };
+        log.protocol = up.protocol;
+        log.conn_id = up.conn_id;
+        let (mut parts, body) = up.response.into_parts();
+        headers::response_to_client(&mut parts.headers);
+        let body = body.map_err(BoxError::from).boxed_unsync();
+        Ok((Response::from_parts(parts, body), pool))
+    }
+
+    /// Chooses how the request body travels: empty, buffered (replayable), or streamed.
+    async fn request_body<B>(
+        &self,
+        body: B,
+        declared: Option<u64>,
+        retry_buffer: u64,
+        exceeded: Arc<AtomicBool>,
+    ) -> Result<OutBody, Error>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if body.is_end_stream() || declared == Some(0) {
+            return Ok(OutBody::Empty);
+        }
+        if let Some(n) = declared.filter(|&n| n <= retry_buffer) {
+            let collected = tokio::time::timeout(self.body_timeout, body.collect())
+                .await
+                .map_err(|_| Error::BadRequest("request body timed out"))?
+                .map_err(|_| Error::BadRequest("request body incomplete"))?;
+            let bytes = collected.to_bytes();
+            if bytes.len() as u64 != n {
+                return Err(Error::BadRequest("request body length mismatch"));
+            }
+            return Ok(OutBody::Buffered(bytes));
+        }
+        let limited = LimitedBody {
+            inner: body,
+            remaining: if self.max_body_size > 0 {
+                self.max_body_size
+            } else {
+                u64::MAX
+            },
+            exceeded,
+        };
+        Ok(OutBody::Stream(limited.boxed_unsync() as UpBody))
+    }
+}
+
+/// The request's host: the absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2).
+fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
+    if let Some(a) = parts.uri.authority() {
+        return Ok(a.clone());
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts
+        .next()
+        .ok_or(Error::BadRequest("missing Host header"))?;
+    if hosts.next().is_some() {
+        return Err(Error::BadRequest("more than one Host header"));
+    }
+    let host = host
+        .to_str()
+        .ok()
+        .and_then(|h| Authority::try_from(h).ok())
+        .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        .ok_or(Error::BadRequest("invalid Host header"))?;
+    Ok(host)
+}
+
+/// The request's Content-Length, if any; several differing values are refused (RFC 9112 §6.3).
+fn content_length(h: &http::HeaderMap) -> Result<Option<u64>, Error> {
+    let mut found: Option<u64> = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v
+            .to_str()
+            .map_err(|_| Error::BadRequest("invalid Content-Length"))?
+            .split(',')
+        {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| Error::BadRequest("invalid Content-Length"))?;
+            if found.is_some_and(|f| f != n) {
+                return Err(Error::BadRequest("conflicting Content-Length"));
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// The one place an [`Error`] becomes a client response.
+pub fn error_response(e: &Error) -> Response<RespBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(e.body()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(s) = e.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if e.side() == crate::error::Side::Client && e.status() != StatusCode::NOT_FOUND {
+        // After a malformed request the stream position is unreliable: close.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Request body with a size cap; past it the body errors and `exceeded` is set (→ 413).
+struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+/// The body grew past `client.max_body_size`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body too large")]
+struct TooLarge;
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.as_mut().get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    let n = d.len() as u64;
+                    if n > this.remaining {
+                        this.exceeded.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    }
+                    this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One access-log line, written when the response body ends (or is dropped).
+struct AccessLog {
+    client: SocketAddr,
+    method: Method,
+    host: String,
+    path: String,
+    status: u16,
+    bytes: u64,
+    start: Instant,
+    origin: String,
+    protocol: &'static str,
+    conn_id: u64,
+}
+
+impl AccessLog {
+    fn emit(&self, complete: bool) {
+        tracing::info!(
+            target: "muxgate::access",
+            client = %self.client,
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            origin = %self.origin,
+            upstream_protocol = self.protocol,
+            upstream_conn = self.conn_id,
+            complete,
+        );
+    }
+}
+
+struct LoggedBody {
+    inner: RespBody,
+    log: Option<AccessLog>,
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(l) = self.log.take() {
+            l.emit(self.inner.is_end_stream());
+        }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.as_mut().get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(l)) = (f.data_ref(), this.log.as_mut()) {
+                    l.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(l) = this.log.take() {
+                    l.emit(true);
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,147 @@
+//! Host → origin routing. Pure: no I/O, no state beyond the table built from config.
+//!
+//! Precedence: an exact host name beats the longest matching `*.suffix`, which beats `*`.
+//! A request whose host matches nothing is refused with 404 by the caller: muxgate is never an
+//! open proxy.
+
+/// One host pattern from `origins[].hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `example.com` (compared case-insensitively, without port).
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (not `example.com` itself).
+    Suffix(String),
+    /// `*`: everything not matched otherwise.
+    Any,
+}
+
+impl HostPattern {
+    /// Parses a pattern; the error is the reason it is refused.
+    pub fn parse(p: &str) -> Result<HostPattern, String> {
+        let p = p.trim().to_ascii_lowercase();
+        if p == "*" {
+            return Ok(HostPattern::Any);
+        }
+        if let Some(rest) = p.strip_prefix("*.") {
+            if rest.is_empty() || rest.contains('*') {
+                return Err(format!("invalid host pattern {p:?}"));
+            }
+            return Ok(HostPattern::Suffix(format!(".{rest}")));
+        }
+        if p.is_empty() || p.contains('*') || p.contains('/') || p.contains(' ') {
+            return Err(format!(
+                "invalid host pattern {p:?}: use a name, \"*.suffix\" or \"*\""
+            ));
+        }
+        Ok(HostPattern::Exact(p))
+    }
+}
+
+/// The routing table: patterns to origin indexes.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    exact: std::collections::HashMap<String, usize>,
+    /// Suffixes sorted longest first, so the most specific wins.
+    suffixes: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+impl Router {
+    /// Builds the table; earlier origins win on identical patterns.
+    pub fn new<'a>(origins: impl IntoIterator<Item = (usize, &'a [String])>) -> Router {
+        let mut r = Router::default();
+        for (idx, hosts) in origins {
+            for h in hosts {
+                match HostPattern::parse(h) {
+                    Ok(HostPattern::Exact(name)) => {
+                        r.exact.entry(name).or_insert(idx);
+                    }
+                    Ok(HostPattern::Suffix(s)) => {
+                        if !r.suffixes.iter().any(|(x, _)| *x == s) {
+                            r.suffixes.push((s, idx));
+                        }
+                    }
+                    Ok(HostPattern::Any) => {
+                        r.any.get_or_insert(idx);
+                    }
+                    // Validation refuses bad patterns before a Router is built.
+                    Err(_) => {}
+                }
+            }
+        }
+        r.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        r
+    }
+
+    /// The origin index for a request host (port and trailing dot ignored, case-insensitive).
+    pub fn route(&self, host: &str) -> Option<usize> {
+        let name = normalize_host(host);
+        if let Some(&i) = self.exact.get(name.as_str()) {
+            return Some(i);
+        }
+        for (suffix, i) in &self.suffixes {
+            if name.len() > suffix.len() && name.ends_with(suffix.as_str()) {
+                return Some(*i);
+            }
+        }
+        self.any
+    }
+}
+
+/// Lower-cases a Host value and strips its port and a trailing dot: `Example.COM.:8080` →
+/// `example.com`. IPv6 literals keep their brackets.
+pub fn normalize_host(host: &str) -> String {
+    let h = host.trim();
+    let without_port = if h.starts_with('[') {
+        match h.find(']') {
+            Some(end) => &h[..=end],
+            None => h,
+        }
+    } else {
+        match h.rfind(':') {
+            Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
+            _ => h,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let a = ["api.example.com".to_string()];
+        let b = ["*.example.com".to_string()];
+        let c = ["*.deep.example.com".to_string(), "*".to_string()];
+        Router::new([(0, &a[..]), (1, &b[..]), (2, &c[..])])
+    }
+
+    #[test]
+    fn precedence() {
+        let r = router();
+        assert_eq!(r.route("api.example.com"), Some(0));
+        assert_eq!(r.route("API.Example.com:8080"), Some(0));
+        assert_eq!(r.route("www.example.com"), Some(1));
+        assert_eq!(r.route("x.deep.example.com"), Some(2));
+        assert_eq!(r.route("example.com"), Some(2));
+        assert_eq!(r.route("other.org"), Some(2));
+    }
+
+    #[test]
+    fn no_wildcard_means_no_route() {
+        let a = ["a.test".to_string()];
+        let r = Router::new([(0, &a[..])]);
+        assert_eq!(r.route("a.test."), Some(0));
+        assert_eq!(r.route("b.test"), None);
+        assert_eq!(r.route(""), None);
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(HostPattern::parse("*.").is_err());
+        assert!(HostPattern::parse("a*b").is_err());
+        assert_eq!(HostPattern::parse("*"), Ok(HostPattern::Any));
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    }
+}

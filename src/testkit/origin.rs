@@ -1,0 +1,384 @@
+//! An in-process origin with counters: TLS with ALPN `h2` (and/or `http/1.1`), or cleartext
+//! HTTP/1.1. Counts accepted connections, full and resumed TLS handshakes, requests and the peak
+//! of concurrent requests, so tests assert what the origin really saw.
+//!
+//! Paths:
+//! - `/` and anything unlisted: `body_size` bytes of `x` (default 1 KiB).
+//! - `/bytes/N`: N bytes, streamed in 64 KiB chunks (no allocation of the whole body).
+//! - `/sink`: reads the request body to the end, answers with its length.
+//! - `/echo`: streams the request body back.
+//! - `/headers`: answers with the request's header names, one `name: value` per line, and
+//!   `:authority`/`host` in `x-seen-authority`.
+//! - `/status/N`: answers status N.
+//! - `/delay/MS`: waits MS milliseconds, then answers.
+//! - `/trailers`: a body followed by a trailer `x-trailer: done`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::pki::Pki;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What the origin saw.
+#[derive(Debug, Default)]
+pub struct OriginStats {
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
+    /// Full TLS handshakes.
+    pub full_handshakes: AtomicU64,
+    /// Resumed TLS handshakes.
+    pub resumed_handshakes: AtomicU64,
+    /// Connections that negotiated h2.
+    pub h2_connections: AtomicU64,
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// Requests being served now.
+    pub active: AtomicU64,
+    /// Most requests served at once.
+    pub peak_active: AtomicU64,
+}
+
+impl OriginStats {
+    /// Convenience loads.
+    pub fn get(&self, f: impl Fn(&OriginStats) -> &AtomicU64) -> u64 {
+        f(self).load(Ordering::SeqCst)
+    }
+}
+
+/// How to build an origin.
+#[derive(Clone)]
+pub struct OriginBuilder {
+    alpn: Option<Vec<Vec<u8>>>,
+    max_streams: u32,
+    delay: Duration,
+    body_size: usize,
+    tls12_only: bool,
+}
+
+/// Namespace for builders.
+pub struct Origin;
+
+impl Origin {
+    /// TLS, ALPN `h2` only.
+    pub fn h2() -> OriginBuilder {
+        OriginBuilder::new(Some(vec![b"h2".to_vec()]))
+    }
+    /// TLS, ALPN `h2` and `http/1.1` (what nginx offers).
+    pub fn h2_or_h1() -> OriginBuilder {
+        OriginBuilder::new(Some(vec![b"h2".to_vec(), b"http/1.1".to_vec()]))
+    }
+    /// TLS, ALPN `http/1.1` only.
+    pub fn h1_tls() -> OriginBuilder {
+        OriginBuilder::new(Some(vec![b"http/1.1".to_vec()]))
+    }
+    /// Cleartext HTTP/1.1.
+    pub fn plain() -> OriginBuilder {
+        OriginBuilder::new(None)
+    }
+}
+
+impl OriginBuilder {
+    fn new(alpn: Option<Vec<Vec<u8>>>) -> OriginBuilder {
+        OriginBuilder {
+            alpn,
+            max_streams: 100,
+            delay: Duration::ZERO,
+            body_size: 1024,
+            tls12_only: false,
+        }
+    }
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (h2). Default 100.
+    pub fn max_streams(mut self, n: u32) -> Self {
+        self.max_streams = n;
+        self
+    }
+    /// Delay before every response. Default none.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+    /// Size of the default response body. Default 1 KiB.
+    pub fn body_size(mut self, n: usize) -> Self {
+        self.body_size = n;
+        self
+    }
+    /// Only TLS 1.2.
+    pub fn tls12_only(mut self) -> Self {
+        self.tls12_only = true;
+        self
+    }
+
+    /// Binds 127.0.0.1:0 and serves until the returned handle is dropped.
+    pub async fn start(self, pki: &Pki) -> Result<RunningOrigin, String> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let acceptor = match &self.alpn {
+            Some(alpn) => {
+                let refs: Vec<&[u8]> = alpn.iter().map(|a| a.as_slice()).collect();
+                Some(TlsAcceptor::from(
+                    pki.server_config(&refs, self.tls12_only)?,
+                ))
+            }
+            None => None,
+        };
+        let stats = Arc::new(OriginStats::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cfg = Arc::new(self);
+        tokio::spawn(accept_loop(listener, acceptor, cfg, stats.clone(), stop_rx));
+        Ok(RunningOrigin {
+            addr,
+            stats,
+            _stop: stop_tx,
+        })
+    }
+}
+
+/// A running origin; stops accepting and closes its connections when dropped.
+pub struct RunningOrigin {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Counters.
+    pub stats: Arc<OriginStats>,
+    _stop: watch::Sender<bool>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    cfg: Arc<OriginBuilder>,
+    stats: Arc<OriginStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        stats.connections.fetch_add(1, Ordering::SeqCst);
+        let (cfg, stats, acceptor, mut stop) =
+            (cfg.clone(), stats.clone(), acceptor.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = serve(stream, acceptor, cfg, stats) => {}
+                _ = stop.changed() => {}
+            }
+        });
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    acceptor: Option<TlsAcceptor>,
+    cfg: Arc<OriginBuilder>,
+    stats: Arc<OriginStats>,
+) {
+    let Some(acceptor) = acceptor else {
+        serve_h1(TokioIo::new(stream), cfg, stats).await;
+        return;
+    };
+    let Ok(tls) = acceptor.accept(stream).await else {
+        return;
+    };
+    let (_, conn) = tls.get_ref();
+    if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        stats.resumed_handshakes.fetch_add(1, Ordering::SeqCst);
+    } else {
+        stats.full_handshakes.fetch_add(1, Ordering::SeqCst);
+    }
+    if conn.alpn_protocol() == Some(b"h2") {
+        stats.h2_connections.fetch_add(1, Ordering::SeqCst);
+        let svc = make_service(cfg.clone(), stats.clone());
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_concurrent_streams(cfg.max_streams)
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    } else {
+        serve_h1(TokioIo::new(tls), cfg, stats).await;
+    }
+}
+
+async fn serve_h1<I>(io: I, cfg: Arc<OriginBuilder>, stats: Arc<OriginStats>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = make_service(cfg, stats);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, svc)
+        .await;
+}
+
+fn make_service(
+    cfg: Arc<OriginBuilder>,
+    stats: Arc<OriginStats>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |req: Request<Incoming>| {
+        let (cfg, stats) = (cfg.clone(), stats.clone());
+        async move {
+            stats.requests.fetch_add(1, Ordering::SeqCst);
+            let now = stats.active.fetch_add(1, Ordering::SeqCst) + 1;
+            stats.peak_active.fetch_max(now, Ordering::SeqCst);
+            let _guard = ActiveGuard(stats.clone());
+            if !cfg.delay.is_zero() {
+                tokio::time::sleep(cfg.delay).await;
+            }
+            Ok::<_, Infallible>(respond(req, &cfg).await)
+        }
+    })
+}
+
+struct ActiveGuard(Arc<OriginStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed_unsync()
+}
+
+async fn respond(req: Request<Incoming>, cfg: &OriginBuilder) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let head = parts.next().unwrap_or("");
+    let arg = parts.next().unwrap_or("");
+    let mut resp = match head {
+        "bytes" => {
+            let n: u64 = arg.parse().unwrap_or(0);
+            let mut r = Response::new(stream_bytes(n));
+            r.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            r
+        }
+        "sink" => {
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(Ok(f)) = body.frame().await {
+                if let Some(d) = f.data_ref() {
+                    n += d.len() as u64;
+                }
+            }
+            Response::new(full(n.to_string()))
+        }
+        "echo" => {
+            let body = req.into_body();
+            let stream = futures_util::stream::unfold(body, |mut b| async move {
+                match b.frame().await {
+                    Some(Ok(f)) => Some((Ok::<_, Infallible>(f), b)),
+                    _ => None,
+                }
+            });
+            Response::new(StreamBody::new(stream).boxed_unsync())
+        }
+        "headers" => {
+            let mut text = String::new();
+            for (k, v) in req.headers() {
+                text.push_str(&format!(
+                    "{}: {}\n",
+                    k,
+                    String::from_utf8_lossy(v.as_bytes())
+                ));
+            }
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            let mut r = Response::new(full(text));
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                r.headers_mut().insert("x-seen-authority", v);
+            }
+            r
+        }
+        "status" => {
+            let code = arg
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
+            let mut r = Response::new(full(
+                if code.is_informational() || code == 204 || code == 304 {
+                    ""
+                } else {
+                    "status\n"
+                },
+            ));
+            *r.status_mut() = code;
+            r
+        }
+        "delay" => {
+            let ms: u64 = arg.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full("delayed\n"))
+        }
+        "trailers" => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-trailer", HeaderValue::from_static("done"));
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"body with trailers\n"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
+        }
+        _ => Response::new(full(vec![b'x'; cfg.body_size])),
+    };
+    let h = resp.headers_mut();
+    h.insert("server", HeaderValue::from_static("muxgate-testkit-origin"));
+    h.insert(
+        "date",
+        HeaderValue::from_static("Thu, 01 Jan 2030 00:00:00 GMT"),
+    );
+    resp
+}
+
+fn stream_bytes(n: u64) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    let chunk = Bytes::from(vec![b'y'; CHUNK]);
+    let stream = futures_util::stream::unfold(n, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let take = left.min(CHUNK as u64) as usize;
+            Some((
+                Ok::<_, Infallible>(Frame::data(chunk.slice(..take))),
+                left - take as u64,
+            ))
+        }
+    });
+    StreamBody::new(stream).boxed_unsync()
+}

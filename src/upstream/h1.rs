@@ -1,0 +1,282 @@
+//! The HTTP/1.1 keep-alive pool of one origin: used for `http://` origins and for `https://`
+//! origins whose ALPN chose http/1.1.
+//!
+//! # State
+//! Idle connections in a LIFO stack (the most recently used is the most likely to be alive and
+//! warm), at most `h1_max_idle`; a semaphore caps open connections (busy + idle) at
+//! `h1_max_connections`; each connection owns one permit, so the cap is exact.
+//! A connection is exclusive while a request is on it and goes back to the stack only after its
+//! response body was read to the end.
+//!
+//! # Race window
+//! An idle connection may be closed by the origin just as it is taken. hyper then hands the
+//! request back unsent and the caller retries on another connection; a request that was written
+//! before the close is only retried when the origin opted in (`retry_idempotent`).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::connect::{Connected, Connector};
+use super::{ConnStats, CountedIo, UpBody};
+use crate::config::ValidOrigin;
+use crate::error::Error;
+use crate::metrics::OriginMetrics;
+
+/// One HTTP/1.1 connection.
+pub struct H1Conn {
+    /// Pool-unique id.
+    pub id: u64,
+    sender: http1::SendRequest<UpBody>,
+    _permit: OwnedSemaphorePermit,
+    created: Instant,
+    resumed: Option<bool>,
+    served: u64,
+}
+
+impl H1Conn {
+    /// The connection's sender (exclusive while leased).
+    pub fn sender(&mut self) -> &mut http1::SendRequest<UpBody> {
+        &mut self.sender
+    }
+}
+
+struct Idle {
+    conn: H1Conn,
+    since: Instant,
+}
+
+struct Shared {
+    origin: String,
+    idle: Mutex<Vec<Idle>>,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    connector: Arc<Connector>,
+    metrics: OriginMetrics,
+    next_id: Arc<AtomicU64>,
+    max_connections: usize,
+    max_idle: usize,
+    max_pending: usize,
+    pending_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// An exclusive connection; returned to the idle stack on drop if [`H1Lease::reusable`] was set.
+pub struct H1Lease {
+    shared: Arc<Shared>,
+    conn: Option<H1Conn>,
+    reusable: bool,
+}
+
+impl H1Lease {
+    /// The leased connection.
+    pub fn conn(&mut self) -> Option<&mut H1Conn> {
+        self.conn.as_mut()
+    }
+
+    /// The connection id.
+    pub fn id(&self) -> u64 {
+        self.conn.as_ref().map_or(0, |c| c.id)
+    }
+
+    /// The response was read to the end: the connection may serve another request.
+    pub fn set_reusable(&mut self) {
+        self.reusable = true;
+    }
+}
+
+impl Drop for H1Lease {
+    fn drop(&mut self) {
+        self.shared.metrics.streams_active.dec();
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && !conn.sender.is_closed() {
+                self.shared.put_idle(conn);
+            }
+        }
+    }
+}
+
+/// The pool handle (cheap to clone).
+#[derive(Clone)]
+pub struct H1Pool {
+    shared: Arc<Shared>,
+}
+
+impl H1Pool {
+    /// Creates the pool and its idle reaper.
+    pub fn new(
+        o: &ValidOrigin,
+        connector: Arc<Connector>,
+        metrics: OriginMetrics,
+        next_id: Arc<AtomicU64>,
+    ) -> H1Pool {
+        let r = &o.raw;
+        let shared = Arc::new(Shared {
+            origin: r.name.clone(),
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(r.h1_max_connections)),
+            waiting: AtomicUsize::new(0),
+            connector,
+            metrics,
+            next_id,
+            max_connections: r.h1_max_connections,
+            max_idle: r.h1_max_idle,
+            max_pending: r.max_pending,
+            pending_timeout: r.pending_timeout.0,
+            idle_timeout: r.idle_timeout.0,
+        });
+        tokio::spawn(reaper(Arc::downgrade(&shared)));
+        H1Pool { shared }
+    }
+
+    /// Takes an idle connection (most recent first) or dials a new one within the cap.
+    pub async fn acquire(&self) -> Result<H1Lease, Error> {
+        let s = &self.shared;
+        if let Some(c) = s.pop_idle() {
+            return Ok(s.lease(c));
+        }
+        let permit = match s.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if s.waiting.fetch_add(1, Ordering::AcqRel) >= s.max_pending {
+                    s.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::QueueFull);
+                }
+                let got =
+                    tokio::time::timeout(s.pending_timeout, s.permits.clone().acquire_owned())
+                        .await;
+                s.waiting.fetch_sub(1, Ordering::AcqRel);
+                match got {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(Error::ShuttingDown),
+                    Err(_) => return Err(Error::PendingTimeout),
+                }
+            }
+        };
+        // A connection may have come back while we waited for the permit.
+        if let Some(c) = s.pop_idle() {
+            return Ok(s.lease(c));
+        }
+        let c = s.connector.connect().await.inspect_err(|e| {
+            if let Some(kind) = e.kind() {
+                s.metrics.error(kind);
+            }
+        })?;
+        let conn = s.handshake(c, permit).await?;
+        Ok(s.lease(conn))
+    }
+
+    /// Takes over a connection dialled by the HTTP/2 pool whose ALPN chose http/1.1.
+    pub async fn adopt(&self, c: Connected) {
+        let s = &self.shared;
+        let Ok(permit) = s.permits.clone().try_acquire_owned() else {
+            return;
+        };
+        if let Ok(conn) = s.handshake(c, permit).await {
+            s.put_idle(conn);
+        }
+    }
+
+    /// A snapshot of the idle connections (busy ones are exclusive and not listed).
+    pub fn stats(&self) -> Vec<ConnStats> {
+        self.shared
+            .lock()
+            .iter()
+            .map(|i| ConnStats {
+                id: i.conn.id,
+                protocol: "http/1.1",
+                in_flight: 0,
+                max_streams: 1,
+                draining: false,
+                age: i.conn.created.elapsed(),
+                served: i.conn.served,
+                resumed: i.conn.resumed,
+            })
+            .collect()
+    }
+
+    /// Open connections (busy + idle).
+    pub fn open(&self) -> usize {
+        self.shared.max_connections - self.shared.permits.available_permits()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lease(self: &Arc<Self>, mut conn: H1Conn) -> H1Lease {
+        self.metrics.streams_active.inc();
+        conn.served += 1;
+        H1Lease {
+            shared: self.clone(),
+            conn: Some(conn),
+            reusable: false,
+        }
+    }
+
+    fn pop_idle(&self) -> Option<H1Conn> {
+        let mut idle = self.lock();
+        while let Some(i) = idle.pop() {
+            if !i.conn.sender.is_closed() && i.since.elapsed() < self.idle_timeout {
+                return Some(i.conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, conn: H1Conn) {
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn handshake(&self, c: Connected, permit: OwnedSemaphorePermit) -> Result<H1Conn, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.metrics.conns_h1.inc();
+        let io = CountedIo::new(c.io, self.metrics.open_h1.clone());
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, UpBody>(TokioIo::new(io))
+            .await
+            .map_err(|e| Error::Protocol(format!("HTTP/1.1 handshake: {e}")))?;
+        let origin = self.origin.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%origin, conn = id, error = %e, "http/1.1 connection ended");
+            }
+        });
+        Ok(H1Conn {
+            id,
+            sender,
+            _permit: permit,
+            created: Instant::now(),
+            resumed: c.resumed,
+            served: 0,
+        })
+    }
+}
+
+/// Closes idle connections past `idle_timeout`.
+async fn reaper(weak: Weak<Shared>) {
+    let period = match weak.upgrade() {
+        Some(s) => (s.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(s) = weak.upgrade() else { return };
+        let timeout = s.idle_timeout;
+        s.lock()
+            .retain(|i| !i.conn.sender.is_closed() && i.since.elapsed() < timeout);
+    }
+}

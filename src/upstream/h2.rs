@@ -1,0 +1,507 @@
+//! The multiplexed HTTP/2 pool of one origin: at most `max_connections` TLS connections, each
+//! carrying up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS streams.
+//!
+//! # State
+//! Per connection ([`Slot`]): streams in flight (counted by us — hyper's `SendRequest` stays
+//! "ready" while saturated and would queue without bound), the peer's current stream limit
+//! (published by the connection's driver task), and `closed` (the dispatch task ended: GOAWAY
+//! received, error, or PING timeout — no new streams, in-flight ones finish).
+//! Per pool: one dial in flight at most (`dialing`), a FIFO of waiters bounded by `max_pending`.
+//!
+//! # Rules
+//! - A request takes a stream on the least-loaded open connection with room.
+//! - One more connection is dialled only when none has room (or fewer than `min_connections`
+//!   are open), never more than one at a time: a cold burst of 1,000 requests waits for one dial.
+//! - A released stream slot is handed straight to the oldest waiter (no thundering herd).
+//! - The first connection's ALPN decides: if the origin chose http/1.1, the connection is given to
+//!   the HTTP/1.1 pool and every waiter is told to go there.
+//!
+//! # Race window
+//! hyper notices a GOAWAY only when the next request is dispatched; such a request comes back
+//! unsent (`TrySendError::into_message`) and the caller retries it elsewhere, so the window costs
+//! a retry, never an error. A waiter may time out after a slot was handed to it: the lease is then
+//! dropped inside the channel and its `Drop` releases the slot again.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::connect::Connector;
+use super::h1::H1Pool;
+use super::{ConnStats, CountedIo, UpBody};
+use crate::config::ValidOrigin;
+use crate::error::Error;
+use crate::metrics::OriginMetrics;
+
+/// Ceiling on streams per connection when the peer advertises no limit.
+const MAX_STREAMS_CAP: usize = 1000;
+
+/// What the connection's driver task shares with the pool. Kept apart from [`H2Conn`] so the
+/// driver holds no `SendRequest`: dropping the last `H2Conn` is what closes the connection.
+struct ConnCtl {
+    max_streams: AtomicUsize,
+    closed: AtomicBool,
+}
+
+/// One HTTP/2 connection as the pool sees it.
+pub struct H2Conn {
+    /// Pool-unique id, logged as the upstream connection id.
+    pub id: u64,
+    sender: http2::SendRequest<UpBody>,
+    ctl: Arc<ConnCtl>,
+    created: Instant,
+    resumed: Option<bool>,
+    served: AtomicU64,
+}
+
+impl H2Conn {
+    /// A handle to send one request.
+    pub fn sender(&self) -> http2::SendRequest<UpBody> {
+        self.sender.clone()
+    }
+
+    /// Marks the connection unusable for new streams (its dispatch task has ended).
+    pub fn mark_closed(&self) {
+        self.ctl.closed.store(true, Ordering::Release);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.ctl.closed.load(Ordering::Acquire) || self.sender.is_closed()
+    }
+
+    fn max_streams(&self) -> usize {
+        self.ctl.max_streams.load(Ordering::Acquire)
+    }
+}
+
+struct Slot {
+    conn: Arc<H2Conn>,
+    in_flight: usize,
+    idle_since: Instant,
+}
+
+impl Slot {
+    fn has_room(&self) -> bool {
+        !self.conn.is_closed() && self.in_flight < self.conn.max_streams()
+    }
+}
+
+/// What a waiter receives.
+enum Handoff {
+    Lease(H2Lease),
+    UseH1,
+    Fail(Error),
+}
+
+/// Result of [`H2Pool::acquire`].
+pub enum Acquired {
+    /// A stream slot on a connection.
+    Lease(H2Lease),
+    /// The origin negotiated http/1.1: use the HTTP/1.1 pool.
+    UseH1,
+}
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Slot>,
+    dialing: bool,
+    waiters: VecDeque<oneshot::Sender<Handoff>>,
+}
+
+impl State {
+    fn live(&self) -> usize {
+        self.slots.iter().filter(|s| !s.conn.is_closed()).count()
+    }
+
+    /// Least-loaded open connection with room; ties go to the oldest.
+    fn pick(&self) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.has_room() && best.is_none_or(|(_, load)| s.in_flight < load) {
+                best = Some((i, s.in_flight));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn pop_waiter(&mut self) -> Option<oneshot::Sender<Handoff>> {
+        while let Some(tx) = self.waiters.pop_front() {
+            if !tx.is_closed() {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    fn remove_finished(&mut self) {
+        self.slots
+            .retain(|s| !(s.conn.is_closed() && s.in_flight == 0));
+    }
+}
+
+struct Shared {
+    origin: String,
+    state: Mutex<State>,
+    connector: Arc<Connector>,
+    h1: H1Pool,
+    use_h1: Arc<AtomicBool>,
+    metrics: OriginMetrics,
+    next_id: Arc<AtomicU64>,
+    min_connections: usize,
+    max_connections: usize,
+    max_pending: usize,
+    pending_timeout: Duration,
+    idle_timeout: Duration,
+    builder: http2::Builder<TokioExecutor>,
+    initial_max_streams: usize,
+}
+
+/// A stream slot on one connection; dropping it frees the slot (or hands it to a waiter).
+pub struct H2Lease {
+    shared: Arc<Shared>,
+    conn: Arc<H2Conn>,
+    armed: bool,
+}
+
+impl H2Lease {
+    fn new(shared: &Arc<Shared>, conn: &Arc<H2Conn>) -> H2Lease {
+        shared.metrics.streams_active.inc();
+        conn.served.fetch_add(1, Ordering::Relaxed);
+        H2Lease {
+            shared: shared.clone(),
+            conn: conn.clone(),
+            armed: true,
+        }
+    }
+
+    /// The connection this slot is on.
+    pub fn conn(&self) -> &Arc<H2Conn> {
+        &self.conn
+    }
+}
+
+impl Drop for H2Lease {
+    fn drop(&mut self) {
+        self.shared.metrics.streams_active.dec();
+        if self.armed {
+            self.shared.release(&self.conn);
+        }
+    }
+}
+
+/// The pool handle (cheap to clone).
+#[derive(Clone)]
+pub struct H2Pool {
+    shared: Arc<Shared>,
+}
+
+impl H2Pool {
+    /// Creates the pool and its idle reaper.
+    pub fn new(
+        o: &ValidOrigin,
+        connector: Arc<Connector>,
+        h1: H1Pool,
+        use_h1: Arc<AtomicBool>,
+        metrics: OriginMetrics,
+        next_id: Arc<AtomicU64>,
+    ) -> H2Pool {
+        let r = &o.raw;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_max_send_streams(r.initial_max_streams)
+            .initial_stream_window_size(r.stream_window.0 as u32)
+            .initial_connection_window_size(r.connection_window.0 as u32)
+            .max_frame_size(64 * 1024)
+            .max_send_buf_size(1024 * 1024)
+            .max_header_list_size(256 * 1024);
+        if !r.keepalive_interval.0.is_zero() {
+            builder
+                .keep_alive_interval(r.keepalive_interval.0)
+                .keep_alive_timeout(r.keepalive_timeout.0)
+                .keep_alive_while_idle(true);
+        }
+        let shared = Arc::new(Shared {
+            origin: r.name.clone(),
+            state: Mutex::new(State::default()),
+            connector,
+            h1,
+            use_h1,
+            metrics,
+            next_id,
+            min_connections: r.min_connections,
+            max_connections: r.max_connections,
+            max_pending: r.max_pending,
+            pending_timeout: r.pending_timeout.0,
+            idle_timeout: r.idle_timeout.0,
+            builder,
+            initial_max_streams: r.initial_max_streams,
+        });
+        tokio::spawn(reaper(Arc::downgrade(&shared)));
+        H2Pool { shared }
+    }
+
+    /// Takes a stream slot, dialling or waiting as the rules above say.
+    pub async fn acquire(&self) -> Result<Acquired, Error> {
+        let s = &self.shared;
+        let rx = {
+            let mut st = s.lock();
+            st.remove_finished();
+            if let Some(i) = st.pick() {
+                st.slots[i].in_flight += 1;
+                let lease = H2Lease::new(s, &st.slots[i].conn);
+                if st.live() < s.min_connections {
+                    s.maybe_dial(&mut st);
+                }
+                return Ok(Acquired::Lease(lease));
+            }
+            s.maybe_dial(&mut st);
+            if st.waiters.len() >= s.max_pending {
+                st.waiters.retain(|w| !w.is_closed());
+                if st.waiters.len() >= s.max_pending {
+                    return Err(Error::QueueFull);
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(tx);
+            rx
+        };
+        match tokio::time::timeout(s.pending_timeout, rx).await {
+            Ok(Ok(Handoff::Lease(l))) => Ok(Acquired::Lease(l)),
+            Ok(Ok(Handoff::UseH1)) => Ok(Acquired::UseH1),
+            Ok(Ok(Handoff::Fail(e))) => Err(e),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::PendingTimeout),
+        }
+    }
+
+    /// A snapshot of every connection, for `/pool` and tests.
+    pub fn stats(&self) -> Vec<ConnStats> {
+        let st = self.shared.lock();
+        st.slots
+            .iter()
+            .map(|s| ConnStats {
+                id: s.conn.id,
+                protocol: "h2",
+                in_flight: s.in_flight,
+                max_streams: s.conn.max_streams(),
+                draining: s.conn.is_closed(),
+                age: s.conn.created.elapsed(),
+                served: s.conn.served.load(Ordering::Relaxed),
+                resumed: s.conn.resumed,
+            })
+            .collect()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in this module; the state stays
+        // consistent enough to continue (counts only), so recover the guard.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn maybe_dial(self: &Arc<Self>, st: &mut State) {
+        if st.dialing || st.live() >= self.max_connections {
+            return;
+        }
+        st.dialing = true;
+        tokio::spawn(dial(self.clone()));
+    }
+
+    /// Frees a slot or hands it to the oldest live waiter.
+    fn release(self: &Arc<Self>, conn: &Arc<H2Conn>) {
+        loop {
+            let tx = {
+                let mut st = self.lock();
+                let Some(i) = st.slots.iter().position(|s| s.conn.id == conn.id) else {
+                    return;
+                };
+                // Hand over only if the slot would still be within the (possibly lowered) limit.
+                let within = st.slots[i].in_flight <= conn.max_streams();
+                match (within && !conn.is_closed())
+                    .then(|| st.pop_waiter())
+                    .flatten()
+                {
+                    Some(tx) => tx,
+                    None => {
+                        let slot = &mut st.slots[i];
+                        slot.in_flight = slot.in_flight.saturating_sub(1);
+                        if slot.in_flight == 0 {
+                            slot.idle_since = Instant::now();
+                        }
+                        st.remove_finished();
+                        return;
+                    }
+                }
+            };
+            match tx.send(Handoff::Lease(H2Lease::new(self, conn))) {
+                Ok(()) => return,
+                Err(Handoff::Lease(mut l)) => l.armed = false,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Gives free slots on `conn` to waiters (after a dial or a raised stream limit).
+    fn distribute(self: &Arc<Self>) {
+        loop {
+            let (tx, conn) = {
+                let mut st = self.lock();
+                let Some(i) = st.pick() else {
+                    if !st.waiters.is_empty() {
+                        self.maybe_dial(&mut st);
+                    }
+                    return;
+                };
+                let Some(tx) = st.pop_waiter() else { return };
+                st.slots[i].in_flight += 1;
+                (tx, st.slots[i].conn.clone())
+            };
+            if let Err(Handoff::Lease(l)) = tx.send(Handoff::Lease(H2Lease::new(self, &conn))) {
+                // The waiter gave up: its drop releases the slot (maybe to the next waiter).
+                drop(l);
+            }
+        }
+    }
+
+    fn fail_waiters(&self, make: impl Fn() -> Handoff) {
+        let waiters: Vec<_> = self.lock().waiters.drain(..).collect();
+        for tx in waiters {
+            let _ = tx.send(make());
+        }
+    }
+}
+
+async fn dial(shared: Arc<Shared>) {
+    let result = connect(&shared).await;
+    let failed_all = {
+        let mut st = shared.lock();
+        // After a success `dialing` stays set until the peer's first frames were read (below).
+        st.dialing = matches!(result, Ok(Some(_)));
+        match &result {
+            Ok(Some((conn, _))) => {
+                st.slots.push(Slot {
+                    conn: conn.clone(),
+                    in_flight: 0,
+                    idle_since: Instant::now(),
+                });
+                false
+            }
+            Ok(None) => true,
+            // Waiters that can still be served by a live connection keep waiting.
+            Err(_) => st.live() == 0,
+        }
+    };
+    match result {
+        Ok(Some((_, first_read))) => {
+            // Requests may use the connection at once; a further dial waits until the peer's
+            // SETTINGS (its real stream limit) and TLS session tickets (resumption) are in.
+            shared.distribute();
+            let _ = tokio::time::timeout(Duration::from_secs(2), first_read).await;
+            shared.lock().dialing = false;
+            shared.distribute();
+        }
+        Ok(None) => shared.fail_waiters(|| Handoff::UseH1),
+        Err(e) => {
+            if let Some(kind) = e.kind() {
+                shared.metrics.error(kind);
+            }
+            tracing::warn!(origin = %shared.origin, error = %e, "origin dial failed");
+            if failed_all {
+                shared.fail_waiters(|| Handoff::Fail(e.clone()));
+            }
+        }
+    }
+}
+
+/// Dials and handshakes; `Ok(None)` when ALPN chose http/1.1 (connection given to the h1 pool).
+/// The receiver fires when the peer's first bytes arrive.
+async fn connect(
+    shared: &Arc<Shared>,
+) -> Result<Option<(Arc<H2Conn>, oneshot::Receiver<()>)>, Error> {
+    let c = shared.connector.connect().await?;
+    if !c.h2 {
+        tracing::info!(origin = %shared.origin, "origin negotiated http/1.1: using the keep-alive pool");
+        shared.use_h1.store(true, Ordering::Release);
+        shared.h1.adopt(c).await;
+        return Ok(None);
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.conns_h2.inc();
+    let mut io = CountedIo::new(c.io, shared.metrics.open_h2.clone());
+    let (first_tx, first_rx) = oneshot::channel();
+    io.notify_first_read(first_tx);
+    let (sender, mut conn) = shared
+        .builder
+        .handshake::<_, UpBody>(TokioIo::new(io))
+        .await
+        .map_err(|e| Error::Protocol(format!("HTTP/2 handshake: {e}")))?;
+    let ctl = Arc::new(ConnCtl {
+        max_streams: AtomicUsize::new(shared.initial_max_streams),
+        closed: AtomicBool::new(false),
+    });
+    let h2c = Arc::new(H2Conn {
+        id,
+        sender,
+        ctl: ctl.clone(),
+        created: Instant::now(),
+        resumed: c.resumed,
+        served: AtomicU64::new(0),
+    });
+    tracing::debug!(origin = %shared.origin, conn = id, resumed = ?c.resumed, "h2 connection open");
+    let weak = Arc::downgrade(shared);
+    let origin = shared.origin.clone();
+    tokio::spawn(async move {
+        let mut last = ctl.max_streams.load(Ordering::Relaxed);
+        let result = poll_fn(|cx| {
+            let r = Pin::new(&mut conn).poll(cx);
+            let now = conn.current_max_send_streams().min(MAX_STREAMS_CAP);
+            if now != last {
+                last = now;
+                ctl.max_streams.store(now, Ordering::Release);
+                if let Some(s) = weak.upgrade() {
+                    s.distribute();
+                }
+            }
+            r
+        })
+        .await;
+        ctl.closed.store(true, Ordering::Release);
+        match result {
+            Ok(()) => tracing::debug!(%origin, conn = id, "h2 connection closed for new streams"),
+            Err(e) => tracing::warn!(%origin, conn = id, error = %e, "h2 connection failed"),
+        }
+        if let Some(s) = weak.upgrade() {
+            s.lock().remove_finished();
+            // Waiters may need a new connection now.
+            s.distribute();
+        }
+    });
+    Ok(Some((h2c, first_rx)))
+}
+
+/// Closes connections idle longer than `idle_timeout`.
+async fn reaper(weak: Weak<Shared>) {
+    let period = match weak.upgrade() {
+        Some(s) => (s.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(s) = weak.upgrade() else { return };
+        let mut st = s.lock();
+        let timeout = s.idle_timeout;
+        st.slots
+            .retain(|slot| !(slot.in_flight == 0 && slot.idle_since.elapsed() >= timeout));
+        st.remove_finished();
+    }
+}

@@ -1,0 +1,515 @@
+//! Upstream: one [`OriginPool`] per origin. It owns the dialler ([`connect`]), the multiplexed
+//! HTTP/2 pool ([`h2`]) and the HTTP/1.1 keep-alive pool ([`h1`]), sends one request with the
+//! retry rules, and wraps the response body so the stream slot or connection is released when
+//! the body ends or is dropped.
+//!
+//! Retry rules (DESIGN.md, RFC 9113 §8.7): a request the origin provably never processed — never
+//! written, REFUSED_STREAM, above a GOAWAY's last-stream-id, connect/TLS failure of a fresh dial —
+//! is retried on another connection for any method, provided its body can be replayed (empty, or
+//! buffered within `retry_buffer`). A request that may have been processed is retried only with
+//! `retry_idempotent`, once, and only for idempotent methods.
+
+pub mod connect;
+pub mod h1;
+pub mod h2;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme as UriScheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::config::{Scheme, ValidOrigin};
+use crate::error::{classify, Error, RetryClass};
+use crate::metrics::OriginMetrics;
+use connect::{Connector, Transport};
+use h1::{H1Lease, H1Pool};
+use h2::{Acquired, H2Lease, H2Pool};
+
+/// Boxed error for bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request body sent upstream.
+pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Most transparent retries of unprocessed requests per client request.
+const MAX_UNPROCESSED_RETRIES: u32 = 3;
+
+/// A connection's view for `/pool` and tests.
+#[derive(Debug, Clone)]
+pub struct ConnStats {
+    /// Connection id (as in the access log).
+    pub id: u64,
+    /// `h2` or `http/1.1`.
+    pub protocol: &'static str,
+    /// Streams in flight.
+    pub in_flight: usize,
+    /// Peer's current stream limit (1 for HTTP/1.1).
+    pub max_streams: usize,
+    /// Closed for new streams (GOAWAY or failure), finishing in-flight ones.
+    pub draining: bool,
+    /// Time since the connection opened.
+    pub age: Duration,
+    /// Requests it carried.
+    pub served: u64,
+    /// TLS handshake kind (`None` for cleartext).
+    pub resumed: Option<bool>,
+}
+
+/// A transport that keeps the `upstream_connections_open` gauge right: +1 when made, −1 when
+/// the connection's I/O object is dropped (by hyper, when the connection really closes).
+/// It also reports the first bytes read: by then TLS 1.3 session tickets, which the server
+/// sends before any application data, have been processed, so the next dial can resume.
+pub struct CountedIo {
+    inner: Transport,
+    open: Gauge,
+    first_read: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl CountedIo {
+    fn new(inner: Transport, open: Gauge) -> CountedIo {
+        open.inc();
+        CountedIo {
+            inner,
+            open,
+            first_read: None,
+        }
+    }
+
+    /// Fires `tx` on the first non-empty read.
+    fn notify_first_read(&mut self, tx: tokio::sync::oneshot::Sender<()>) {
+        self.first_read = Some(tx);
+    }
+}
+
+impl Drop for CountedIo {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl AsyncRead for CountedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.first_read.is_some() && buf.filled().len() > before {
+            if let Some(tx) = this.first_read.take() {
+                let _ = tx.send(());
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for CountedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, b)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The body of a request to send.
+pub enum OutBody {
+    /// No body (END_STREAM with the headers).
+    Empty,
+    /// A small body held in memory: replayable.
+    Buffered(Bytes),
+    /// A streamed body: sent once; replayable only while hyper hands it back unsent.
+    Stream(UpBody),
+    /// A streamed body already consumed by an attempt.
+    Gone,
+}
+
+/// A request ready for the origin.
+pub struct Outgoing {
+    /// Method, target and translated headers.
+    pub head: OutHead,
+    /// The body.
+    pub body: OutBody,
+}
+
+/// The request head: headers already translated (no hop-by-hop, no Host).
+pub struct OutHead {
+    /// Method (any, extension methods included).
+    pub method: Method,
+    /// Sent as `:authority` (h2) or `Host` (HTTP/1.1).
+    pub authority: Authority,
+    /// Path and query.
+    pub path_and_query: PathAndQuery,
+    /// End-to-end request headers.
+    pub headers: HeaderMap,
+}
+
+impl Outgoing {
+    fn take_body(&mut self) -> Option<UpBody> {
+        match std::mem::replace(&mut self.body, OutBody::Gone) {
+            OutBody::Empty => {
+                self.body = OutBody::Empty;
+                Some(Empty::new().map_err(|e| match e {}).boxed_unsync())
+            }
+            OutBody::Buffered(b) => {
+                self.body = OutBody::Buffered(b.clone());
+                Some(Full::new(b).map_err(|e| match e {}).boxed_unsync())
+            }
+            OutBody::Stream(s) => Some(s),
+            OutBody::Gone => None,
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        !matches!(self.body, OutBody::Gone)
+    }
+}
+
+impl OutHead {
+    fn request(&self, body: UpBody, h2: bool) -> Result<Request<UpBody>, Error> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.headers_mut() = self.headers.clone();
+        if h2 {
+            // RFC 9113 §8.3.1: `:authority` carries the host; h2 needs an absolute URI.
+            *req.version_mut() = Version::HTTP_2;
+            *req.uri_mut() = Uri::builder()
+                .scheme(UriScheme::HTTPS)
+                .authority(self.authority.clone())
+                .path_and_query(self.path_and_query.clone())
+                .build()
+                .map_err(|_| Error::BadRequest("invalid request target"))?;
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = Uri::from(self.path_and_query.clone());
+            let host = HeaderValue::from_str(self.authority.as_str())
+                .map_err(|_| Error::BadRequest("invalid host"))?;
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+        Ok(req)
+    }
+}
+
+/// What released on response end: an h2 stream slot or an HTTP/1.1 connection.
+enum Guard {
+    H2(#[allow(dead_code)] H2Lease),
+    H1(H1Lease),
+}
+
+/// The origin's response body; releases its stream slot or connection at end or drop.
+pub struct UpstreamBody {
+    inner: Incoming,
+    guard: Option<Guard>,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, guard: Guard) -> UpstreamBody {
+        let mut b = UpstreamBody {
+            inner,
+            guard: Some(guard),
+        };
+        if b.inner.is_end_stream() {
+            b.finish(true);
+        }
+        b
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(Guard::H1(lease)) = &mut self.guard {
+            if complete {
+                lease.set_reusable();
+            }
+        }
+        self.guard = None;
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.as_mut().get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response from the origin, with where it came from.
+pub struct Upstream {
+    /// The response; its body releases the slot.
+    pub response: Response<UpstreamBody>,
+    /// Connection id (for the access log).
+    pub conn_id: u64,
+    /// `h2` or `http/1.1`.
+    pub protocol: &'static str,
+}
+
+enum AttemptError {
+    /// Never reached the origin; the body (if streamed) came back.
+    Unsent(Option<UpBody>, &'static str),
+    /// Failed after it may have been sent.
+    Failed(RetryClass, Error),
+    /// Not retryable at all (timeouts, pool limits).
+    Fatal(Error),
+}
+
+/// Everything that talks to one origin.
+pub struct OriginPool {
+    name: String,
+    h2: Option<H2Pool>,
+    h1: H1Pool,
+    use_h1: Arc<AtomicBool>,
+    metrics: OriginMetrics,
+    response_header_timeout: Duration,
+    retry_idempotent: bool,
+}
+
+impl OriginPool {
+    /// Builds the pools (no connection is opened until the first request).
+    pub fn new(o: &ValidOrigin, metrics: OriginMetrics) -> Result<OriginPool, String> {
+        let connector = Arc::new(Connector::new(o, metrics.clone())?);
+        let next_id = Arc::new(AtomicU64::new(1));
+        let h1 = H1Pool::new(o, connector.clone(), metrics.clone(), next_id.clone());
+        let use_h1 = Arc::new(AtomicBool::new(false));
+        let wants_h2 = o.scheme == Scheme::Https && o.raw.alpn.iter().any(|p| p == "h2");
+        let h2 = wants_h2.then(|| {
+            H2Pool::new(
+                o,
+                connector,
+                h1.clone(),
+                use_h1.clone(),
+                metrics.clone(),
+                next_id,
+            )
+        });
+        if o.scheme == Scheme::Https && !o.raw.tls_verify {
+            tracing::warn!(origin = %o.raw.name, "tls_verify = false: the origin's certificate is NOT verified");
+        }
+        Ok(OriginPool {
+            name: o.raw.name.clone(),
+            h2,
+            h1,
+            use_h1,
+            metrics,
+            response_header_timeout: o.raw.response_header_timeout.0,
+            retry_idempotent: o.raw.retry_idempotent,
+        })
+    }
+
+    /// The origin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Per-origin metric handles.
+    pub fn metrics(&self) -> &OriginMetrics {
+        &self.metrics
+    }
+
+    /// `h2`, `http/1.1`, or `unknown` before the first connection.
+    pub fn protocol(&self) -> &'static str {
+        match &self.h2 {
+            None => "http/1.1",
+            Some(_) if self.use_h1.load(Ordering::Acquire) => "http/1.1",
+            Some(p) if p.stats().is_empty() => "unknown",
+            Some(_) => "h2",
+        }
+    }
+
+    /// Connection snapshots (h2 connections, then idle HTTP/1.1 ones).
+    pub fn stats(&self) -> Vec<ConnStats> {
+        let mut v = self.h2.as_ref().map(|p| p.stats()).unwrap_or_default();
+        v.extend(self.h1.stats());
+        v
+    }
+
+    /// Sends one request, retrying where the rules allow.
+    pub async fn send(&self, mut out: Outgoing) -> Result<Upstream, Error> {
+        let mut unprocessed = 0;
+        let mut maybe_retried = false;
+        loop {
+            let Some(body) = out.take_body() else {
+                return Err(Error::Reset("request body already sent".into()));
+            };
+            let h2 = match &self.h2 {
+                Some(p) if !self.use_h1.load(Ordering::Acquire) => Some(p),
+                _ => None,
+            };
+            let attempt = match h2 {
+                Some(p) => self.try_h2(p, &out.head, body).await,
+                None => self.try_h1(&out.head, body).await,
+            };
+            let err = match attempt {
+                Ok(up) => return Ok(up),
+                Err(AttemptError::Unsent(body, reason)) => {
+                    if let Some(b) = body {
+                        if matches!(out.body, OutBody::Gone) {
+                            out.body = OutBody::Stream(b);
+                        }
+                    }
+                    // "switch" (ALPN chose http/1.1) is not a retry of the request.
+                    if reason != "alpn_h1" {
+                        unprocessed += 1;
+                        self.metrics.retry(reason);
+                        if unprocessed > MAX_UNPROCESSED_RETRIES {
+                            return Err(Error::Reset("origin connections kept closing".into()));
+                        }
+                    }
+                    continue;
+                }
+                Err(AttemptError::Fatal(e)) => e,
+                Err(AttemptError::Failed(class, e)) => {
+                    let retry = match class {
+                        RetryClass::Unprocessed(reason)
+                            if out.replayable() && unprocessed < MAX_UNPROCESSED_RETRIES =>
+                        {
+                            unprocessed += 1;
+                            Some(reason)
+                        }
+                        RetryClass::MaybeProcessed
+                            if self.retry_idempotent
+                                && !maybe_retried
+                                && out.replayable()
+                                && is_idempotent(&out.head.method) =>
+                        {
+                            maybe_retried = true;
+                            Some("idempotent")
+                        }
+                        _ => None,
+                    };
+                    match retry {
+                        Some(reason) => {
+                            self.metrics.retry(reason);
+                            tracing::debug!(origin = %self.name, reason, error = %e, "retrying request");
+                            continue;
+                        }
+                        None => e,
+                    }
+                }
+            };
+            if let Some(kind) = err.kind() {
+                self.metrics.error(kind);
+            }
+            return Err(err);
+        }
+    }
+
+    async fn try_h2(
+        &self,
+        pool: &H2Pool,
+        out: &OutHead,
+        body: UpBody,
+    ) -> Result<Upstream, AttemptError> {
+        let lease = match pool.acquire().await {
+            Ok(Acquired::Lease(l)) => l,
+            Ok(Acquired::UseH1) => return Err(AttemptError::Unsent(Some(body), "alpn_h1")),
+            Err(e) => return Err(AttemptError::Fatal(e)),
+        };
+        let req = out.request(body, true).map_err(AttemptError::Fatal)?;
+        let conn_id = lease.conn().id;
+        let mut sender = lease.conn().sender();
+        match tokio::time::timeout(self.response_header_timeout, sender.try_send_request(req)).await
+        {
+            Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
+            Ok(Ok(resp)) => Ok(Upstream {
+                response: resp.map(|b| UpstreamBody::new(b, Guard::H2(lease))),
+                conn_id,
+                protocol: "h2",
+            }),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(req) => {
+                    lease.conn().mark_closed();
+                    Err(AttemptError::Unsent(Some(req.into_body()), "not_sent"))
+                }
+                None => {
+                    let (class, err) = classify(e.error());
+                    Err(AttemptError::Failed(class, err))
+                }
+            },
+        }
+    }
+
+    async fn try_h1(&self, out: &OutHead, body: UpBody) -> Result<Upstream, AttemptError> {
+        let mut lease = match self.h1.acquire().await {
+            Ok(l) => l,
+            Err(e) => return Err(AttemptError::Fatal(e)),
+        };
+        let req = out.request(body, false).map_err(AttemptError::Fatal)?;
+        let conn_id = lease.id();
+        let Some(conn) = lease.conn() else {
+            return Err(AttemptError::Fatal(Error::ShuttingDown));
+        };
+        let sender = conn.sender();
+        if sender.ready().await.is_err() {
+            return Err(AttemptError::Unsent(Some(req.into_body()), "not_sent"));
+        }
+        let fut = sender.try_send_request(req);
+        match tokio::time::timeout(self.response_header_timeout, fut).await {
+            Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
+            Ok(Ok(resp)) => Ok(Upstream {
+                response: resp.map(|b| UpstreamBody::new(b, Guard::H1(lease))),
+                conn_id,
+                protocol: "http/1.1",
+            }),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(req) => Err(AttemptError::Unsent(Some(req.into_body()), "not_sent")),
+                None => {
+                    let (class, err) = classify(e.error());
+                    Err(AttemptError::Failed(class, err))
+                }
+            },
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
