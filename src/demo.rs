@@ -28,6 +28,8 @@ pub struct DemoOpts {
     pub max_streams: u32,
     /// Also measure the origin reached directly.
     pub direct: bool,
+    /// The origin's `min_connections`.
+    pub min_connections: usize,
     /// Keep running after the report, listening here.
     pub serve: Option<SocketAddr>,
 }
@@ -40,6 +42,7 @@ impl Default for DemoOpts {
             body_size: 1024,
             max_streams: 128,
             direct: false,
+            min_connections: 1,
             serve: None,
         }
     }
@@ -83,7 +86,9 @@ name = "demo"
 hosts = ["*"]
 url = "https://localhost:{port}"
 tls_ca = "{ca}"
+min_connections = {min}
 "#,
+        min = opts.min_connections,
         port = origin.addr.port(),
         ca = files.ca.display().to_string().replace('\\', "\\\\"),
     );
@@ -94,8 +99,8 @@ tls_ca = "{ca}"
     let gw_addr = *gw.http_addrs.first().ok_or("no listener bound")?;
 
     println!(
-        "muxgate demo: {} HTTP/1.1 client connections, {} requests, {} B bodies; origin: TLS, ALPN h2, max {} concurrent streams",
-        opts.clients, opts.requests, opts.body_size, opts.max_streams
+        "muxgate demo: {} HTTP/1.1 client connections, {} requests, {} B bodies; origin: TLS, ALPN h2, max {} concurrent streams; min_connections {}",
+        opts.clients, opts.requests, opts.body_size, opts.max_streams, opts.min_connections
     );
     let mut direct = None;
     if opts.direct {

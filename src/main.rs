@@ -45,6 +45,9 @@ enum Cmd {
         /// Also run the same load straight at the origin (HTTP/1.1 over TLS).
         #[arg(long)]
         direct: bool,
+        /// The origin's min_connections.
+        #[arg(long, default_value_t = 1)]
+        min_connections: usize,
         /// Keep serving after the report (on 127.0.0.1:8080 unless --listen).
         #[arg(long)]
         serve: bool,
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging("info", cfg.raw.log_format == "json");
+            raise_nofile(cfg.raw.client.max_connections as u64 * 2 + 1024);
             rt.block_on(run(cfg))
         }
         Cmd::Demo {
@@ -110,16 +114,19 @@ fn main() -> ExitCode {
             body_size,
             max_streams,
             direct,
+            min_connections,
             serve,
             listen,
         } => {
             init_logging("warn", false);
+            raise_nofile(clients as u64 * 4 + 256);
             let opts = DemoOpts {
                 clients,
                 requests,
                 body_size,
                 max_streams,
                 direct,
+                min_connections,
                 serve: serve.then_some(listen),
             };
             match rt.block_on(demo::run(opts)) {
@@ -133,12 +140,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit; warns if that is below `wanted`
+/// (each client connection costs a descriptor, plus origin connections).
+fn raise_nofile(wanted: u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < wanted => tracing::warn!(
+            limit = n,
+            wanted,
+            "open-file limit is low for the configured connection limits"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 fn toml_string(c: &Config) -> Result<String, String> {
-    let v = serde_json::to_value(c).map_err(|e| e.to_string())?;
-    let mut out = String::from("# effective configuration\n");
-    out.push_str(&serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
-    out.push('\n');
-    Ok(out)
+    let body = toml::to_string(c).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# effective configuration (defaults, file, MUXGATE_* environment)\n{body}"
+    ))
 }
 
 async fn run(cfg: muxgate::config::ValidConfig) -> ExitCode {
