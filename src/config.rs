@@ -263,6 +263,10 @@ pub struct Origin {
     pub response_header_timeout: HumanDuration,
     /// Close an upstream connection idle this long. Default `"90s"`.
     pub idle_timeout: HumanDuration,
+    /// HTTP/2: rotate a connection after this long (±10 % jitter): a replacement is opened
+    /// (resuming the TLS session) before the old one stops taking streams; `"0s"` disables.
+    /// Default `"1h"`.
+    pub max_connection_age: HumanDuration,
     /// HTTP/2 PING interval; `"0s"` disables. Default `"30s"`.
     pub keepalive_interval: HumanDuration,
     /// HTTP/2 PING answer timeout; the connection is closed past it. Default `"10s"`.
@@ -301,6 +305,7 @@ impl Default for Origin {
             tls_handshake_timeout: secs(10),
             response_header_timeout: secs(60),
             idle_timeout: secs(90),
+            max_connection_age: secs(3600),
             keepalive_interval: secs(30),
             keepalive_timeout: secs(10),
             stream_window: ByteSize(2 << 20),

@@ -86,11 +86,19 @@ struct Slot {
     conn: Arc<H2Conn>,
     in_flight: usize,
     idle_since: Instant,
+    /// When `max_connection_age` (with jitter) retires this connection.
+    expires: Option<Instant>,
+    /// Past its age: serves only until its replacement is up, then closes for new streams.
+    retiring: bool,
 }
 
 impl Slot {
     fn has_room(&self) -> bool {
         !self.conn.is_closed() && self.in_flight < self.conn.max_streams()
+    }
+
+    fn usable(&self) -> bool {
+        !self.retiring && !self.conn.is_closed()
     }
 }
 
@@ -117,19 +125,32 @@ struct State {
 }
 
 impl State {
+    /// Open connections that take new streams (not closed, not retiring).
     fn live(&self) -> usize {
-        self.slots.iter().filter(|s| !s.conn.is_closed()).count()
+        self.slots.iter().filter(|s| s.usable()).count()
     }
 
-    /// Least-loaded open connection with room; ties go to the oldest.
-    fn pick(&self) -> Option<usize> {
-        let mut best: Option<(usize, usize)> = None;
-        for (i, s) in self.slots.iter().enumerate() {
-            if s.has_room() && best.is_none_or(|(_, load)| s.in_flight < load) {
-                best = Some((i, s.in_flight));
-            }
-        }
-        best.map(|(i, _)| i)
+    /// Where the next stream goes. The first `min` usable connections share load evenly
+    /// (least loaded: a multi-process origin serves each connection on its own core); beyond
+    /// them, first fit in age order, so connections opened for a burst fall idle when it ends
+    /// and `idle_timeout` closes them. Retiring connections serve only when nothing else can.
+    fn pick(&self, min: usize) -> Option<usize> {
+        let usable: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].usable())
+            .collect();
+        let least = |idx: &mut dyn Iterator<Item = usize>| {
+            idx.filter(|&i| self.slots[i].has_room())
+                .min_by_key(|&i| self.slots[i].in_flight)
+        };
+        least(&mut usable.iter().copied().take(min))
+            .or_else(|| {
+                usable
+                    .iter()
+                    .copied()
+                    .skip(min)
+                    .find(|&i| self.slots[i].has_room())
+            })
+            .or_else(|| least(&mut (0..self.slots.len()).filter(|&i| self.slots[i].retiring)))
     }
 
     fn pop_waiter(&mut self) -> Option<oneshot::Sender<Handoff>> {
@@ -160,6 +181,7 @@ struct Shared {
     max_pending: usize,
     pending_timeout: Duration,
     idle_timeout: Duration,
+    max_age: Option<Duration>,
     builder: http2::Builder<TokioExecutor>,
     initial_max_streams: usize,
 }
@@ -242,6 +264,7 @@ impl H2Pool {
             max_pending: r.max_pending,
             pending_timeout: r.pending_timeout.0,
             idle_timeout: r.idle_timeout.0,
+            max_age: (!r.max_connection_age.0.is_zero()).then_some(r.max_connection_age.0),
             builder,
             initial_max_streams: r.initial_max_streams,
         });
@@ -255,7 +278,7 @@ impl H2Pool {
         let rx = {
             let mut st = s.lock();
             st.remove_finished();
-            if let Some(i) = st.pick() {
+            if let Some(i) = st.pick(s.min_connections) {
                 st.slots[i].in_flight += 1;
                 let lease = H2Lease::new(s, &st.slots[i].conn);
                 if st.live() < s.min_connections {
@@ -356,7 +379,7 @@ impl Shared {
         loop {
             let (tx, conn) = {
                 let mut st = self.lock();
-                let Some(i) = st.pick() else {
+                let Some(i) = st.pick(self.min_connections) else {
                     if !st.waiters.is_empty() {
                         self.maybe_dial(&mut st);
                     }
@@ -389,10 +412,18 @@ async fn dial(shared: Arc<Shared>) {
         st.dialing = matches!(result, Ok(Some(_)));
         match &result {
             Ok(Some((conn, _))) => {
+                // The replacement is up: retiring connections take no new streams from now on.
+                for slot in st.slots.iter().filter(|s| s.retiring) {
+                    slot.conn.mark_closed();
+                }
                 st.slots.push(Slot {
                     conn: conn.clone(),
                     in_flight: 0,
                     idle_since: Instant::now(),
+                    expires: shared
+                        .max_age
+                        .map(|a| Instant::now() + jittered(a, conn.id)),
+                    retiring: false,
                 });
                 false
             }
@@ -489,10 +520,23 @@ async fn connect(
     Ok(Some((h2c, first_rx)))
 }
 
-/// Closes connections idle longer than `idle_timeout`.
+/// `age` ± 10 %, varied per connection so a pool's connections do not all rotate at once.
+fn jittered(age: Duration, id: u64) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(id);
+    let unit = (h.finish() % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
+    age.mul_f64(1.0 + 0.1 * unit)
+}
+
+/// Closes connections idle longer than `idle_timeout`; starts the rotation of connections
+/// past `max_connection_age` (a replacement is dialled first; see `dial`).
 async fn reaper(weak: Weak<Shared>) {
     let period = match weak.upgrade() {
-        Some(s) => (s.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        Some(s) => {
+            let base = s.max_age.map_or(s.idle_timeout, |a| a.min(s.idle_timeout));
+            (base / 4).clamp(Duration::from_millis(20), Duration::from_secs(5))
+        }
         None => return,
     };
     loop {
@@ -500,8 +544,19 @@ async fn reaper(weak: Weak<Shared>) {
         let Some(s) = weak.upgrade() else { return };
         let mut st = s.lock();
         let timeout = s.idle_timeout;
+        let now = Instant::now();
         st.slots
             .retain(|slot| !(slot.in_flight == 0 && slot.idle_since.elapsed() >= timeout));
+        let mut retiring = false;
+        for slot in st.slots.iter_mut() {
+            if slot.expires.is_some_and(|e| now >= e) && !slot.conn.is_closed() {
+                slot.retiring = true;
+                retiring = true;
+            }
+        }
         st.remove_finished();
+        if retiring {
+            s.maybe_dial(&mut st);
+        }
     }
 }
