@@ -164,6 +164,31 @@ pub fn classify(e: &hyper::Error) -> (RetryClass, Error) {
     (RetryClass::No, Error::Protocol(text))
 }
 
+/// Classifies the error of an h2 stream that was sent (its `ResponseFuture` or body failed).
+/// Exact only when h2 is driven directly: hyper's dispatcher may report a stream it had already
+/// written with the connection's GOAWAY error.
+pub fn classify_h2(e: &h2::Error) -> (RetryClass, Error) {
+    let text = e.to_string();
+    // RFC 9113 §8.7: REFUSED_STREAM means "no application processing"; §6.8: streams above the
+    // GOAWAY's last-stream-id "were not or will not be processed".
+    if e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        return (
+            RetryClass::Unprocessed("refused_stream"),
+            Error::Reset(text),
+        );
+    }
+    if e.is_go_away() && e.is_remote() {
+        return (RetryClass::Unprocessed("goaway"), Error::Reset(text));
+    }
+    if e.is_io() {
+        return (RetryClass::MaybeProcessed, Error::Reset(text));
+    }
+    if e.is_reset() && e.is_remote() {
+        return (RetryClass::No, Error::Reset(text));
+    }
+    (RetryClass::No, Error::Protocol(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,13 +76,11 @@ async fn goaway_every_100_streams_under_load_loses_nothing() {
     assert!(retries(&gw, "not_sent") + retries(&gw, "goaway") > 0);
 }
 
-/// Known defect: hyper's HTTP/2 dispatcher can hand a stream to h2, then see the GOAWAY and
-/// report that stream with the GOAWAY error although its HEADERS may already be on the wire
-/// below the final last-stream-id; muxgate then retries a request the origin processed. Seen
-/// about once in 3 runs of 3,000 requests. Fix: drive h2 directly so "above last-stream-id" is
-/// exact.
+/// Regression: through hyper's HTTP/2 dispatcher a stream written just before a GOAWAY was
+/// reported with the GOAWAY error and retried although the origin had processed it (about once
+/// in 3 runs). Driving h2 directly makes "above last-stream-id" exact. Five runs of 3,000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: rare duplicate after GOAWAY through hyper's dispatcher (see comment)"]
+
 async fn goaway_never_duplicates_a_request() {
     for _ in 0..5 {
         let (gw, origin, _files) = goaway_run().await;

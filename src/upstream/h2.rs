@@ -16,10 +16,15 @@
 //! - The first connection's ALPN decides: if the origin chose http/1.1, the connection is given to
 //!   the HTTP/1.1 pool and every waiter is told to go there.
 //!
+//! The connection is driven with the `h2` crate directly (not hyper's dispatcher), so the pool
+//! knows exactly what reached the origin: `send_request` failing means the stream was never
+//! sent; a stream failing with the peer's GOAWAY error lies above its last-stream-id
+//! (RFC 9113 §6.8: "not processed"); REFUSED_STREAM means no application processing (§8.7).
+//!
 //! # Race window
-//! hyper notices a GOAWAY only when the next request is dispatched; such a request comes back
-//! unsent (`TrySendError::into_message`) and the caller retries it elsewhere, so the window costs
-//! a retry, never an error. A waiter may time out after a slot was handed to it: the lease is then
+//! The pool learns of a GOAWAY when the next `send_request` on that connection fails; that
+//! request was never sent and is retried elsewhere, so the window costs a retry, never an error
+//! or a duplicate. A waiter may time out after a slot was handed to it: the lease is then
 //! dropped inside the channel and its `Drop` releases the slot again.
 
 use std::collections::VecDeque;
@@ -29,14 +34,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Ping, PingPong, RecvStream, SendStream};
+use http::{HeaderMap, Request};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::connect::Connector;
 use super::h1::H1Pool;
-use super::{ConnStats, CountedIo, UpBody};
+use super::{BoxError, ConnStats, CountedIo, UpBody};
 use crate::config::ValidOrigin;
 use crate::error::Error;
 use crate::metrics::OriginMetrics;
@@ -55,7 +64,7 @@ struct ConnCtl {
 pub struct H2Conn {
     /// Pool-unique id, logged as the upstream connection id.
     pub id: u64,
-    sender: http2::SendRequest<UpBody>,
+    sender: SendRequest<Bytes>,
     ctl: Arc<ConnCtl>,
     created: Instant,
     resumed: Option<bool>,
@@ -63,9 +72,25 @@ pub struct H2Conn {
 }
 
 impl H2Conn {
-    /// A handle to send one request.
-    pub fn sender(&self) -> http2::SendRequest<UpBody> {
-        self.sender.clone()
+    /// Opens a stream for `head` and starts sending `body` (`None`: END_STREAM with the headers).
+    /// An error here means nothing was sent; the body comes back with it.
+    pub async fn start(
+        &self,
+        head: Request<()>,
+        body: Option<UpBody>,
+    ) -> Result<ResponseFuture, (h2::Error, Option<UpBody>)> {
+        let mut sender = match self.sender.clone().ready().await {
+            Ok(s) => s,
+            Err(e) => return Err((e, body)),
+        };
+        let (response, stream) = match sender.send_request(head, body.is_none()) {
+            Ok(x) => x,
+            Err(e) => return Err((e, body)),
+        };
+        if let Some(body) = body {
+            tokio::spawn(pump(body, stream));
+        }
+        Ok(response)
     }
 
     /// Marks the connection unusable for new streams (its dispatch task has ended).
@@ -74,7 +99,7 @@ impl H2Conn {
     }
 
     fn is_closed(&self) -> bool {
-        self.ctl.closed.load(Ordering::Acquire) || self.sender.is_closed()
+        self.ctl.closed.load(Ordering::Acquire)
     }
 
     fn max_streams(&self) -> usize {
@@ -182,7 +207,8 @@ struct Shared {
     pending_timeout: Duration,
     idle_timeout: Duration,
     max_age: Option<Duration>,
-    builder: http2::Builder<TokioExecutor>,
+    builder: h2::client::Builder,
+    keepalive: Option<(Duration, Duration)>,
     initial_max_streams: usize,
 }
 
@@ -236,21 +262,17 @@ impl H2Pool {
         next_id: Arc<AtomicU64>,
     ) -> H2Pool {
         let r = &o.raw;
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = h2::client::Builder::new();
         builder
-            .timer(TokioTimer::new())
             .initial_max_send_streams(r.initial_max_streams)
-            .initial_stream_window_size(r.stream_window.0 as u32)
+            .initial_window_size(r.stream_window.0 as u32)
             .initial_connection_window_size(r.connection_window.0 as u32)
             .max_frame_size(64 * 1024)
-            .max_send_buf_size(1024 * 1024)
-            .max_header_list_size(256 * 1024);
-        if !r.keepalive_interval.0.is_zero() {
-            builder
-                .keep_alive_interval(r.keepalive_interval.0)
-                .keep_alive_timeout(r.keepalive_timeout.0)
-                .keep_alive_while_idle(true);
-        }
+            .max_send_buffer_size(1024 * 1024)
+            .max_header_list_size(256 * 1024)
+            .enable_push(false);
+        let keepalive = (!r.keepalive_interval.0.is_zero())
+            .then_some((r.keepalive_interval.0, r.keepalive_timeout.0));
         let shared = Arc::new(Shared {
             origin: r.name.clone(),
             state: Mutex::new(State::default()),
@@ -266,6 +288,7 @@ impl H2Pool {
             idle_timeout: r.idle_timeout.0,
             max_age: (!r.max_connection_age.0.is_zero()).then_some(r.max_connection_age.0),
             builder,
+            keepalive,
             initial_max_streams: r.initial_max_streams,
         });
         tokio::spawn(reaper(Arc::downgrade(&shared)));
@@ -473,9 +496,10 @@ async fn connect(
     io.notify_first_read(first_tx);
     let (sender, mut conn) = shared
         .builder
-        .handshake::<_, UpBody>(TokioIo::new(io))
+        .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| Error::Protocol(format!("HTTP/2 handshake: {e}")))?;
+    let ping = conn.ping_pong();
     let ctl = Arc::new(ConnCtl {
         max_streams: AtomicUsize::new(shared.initial_max_streams),
         closed: AtomicBool::new(false),
@@ -491,11 +515,12 @@ async fn connect(
     tracing::debug!(origin = %shared.origin, conn = id, resumed = ?c.resumed, "h2 connection open");
     let weak = Arc::downgrade(shared);
     let origin = shared.origin.clone();
+    let keepalive = shared.keepalive;
     tokio::spawn(async move {
         let mut last = ctl.max_streams.load(Ordering::Relaxed);
-        let result = poll_fn(|cx| {
+        let drive = poll_fn(|cx| {
             let r = Pin::new(&mut conn).poll(cx);
-            let now = conn.current_max_send_streams().min(MAX_STREAMS_CAP);
+            let now = conn.max_concurrent_send_streams().min(MAX_STREAMS_CAP);
             if now != last {
                 last = now;
                 ctl.max_streams.store(now, Ordering::Release);
@@ -504,13 +529,18 @@ async fn connect(
                 }
             }
             r
-        })
-        .await;
-        ctl.closed.store(true, Ordering::Release);
-        match result {
-            Ok(()) => tracing::debug!(%origin, conn = id, "h2 connection closed for new streams"),
-            Err(e) => tracing::warn!(%origin, conn = id, error = %e, "h2 connection failed"),
+        });
+        tokio::select! {
+            r = drive => match r {
+                Ok(()) => tracing::debug!(%origin, conn = id, "h2 connection closed"),
+                Err(e) => tracing::warn!(%origin, conn = id, error = %e, "h2 connection failed"),
+            },
+            why = keepalive_loop(ping, keepalive) => {
+                tracing::warn!(%origin, conn = id, reason = why, "h2 connection dead: closing it");
+            }
         }
+        // Dropping the connection here fails its remaining streams (as a reset).
+        ctl.closed.store(true, Ordering::Release);
         if let Some(s) = weak.upgrade() {
             s.lock().remove_finished();
             // Waiters may need a new connection now.
@@ -557,6 +587,137 @@ async fn reaper(weak: Weak<Shared>) {
         st.remove_finished();
         if retiring {
             s.maybe_dial(&mut st);
+        }
+    }
+}
+
+/// PINGs the peer every `interval`; returns when an answer takes longer than `timeout`
+/// (a peer that keeps TCP open but stopped answering). Never returns without keepalive.
+async fn keepalive_loop(
+    ping: Option<PingPong>,
+    keepalive: Option<(Duration, Duration)>,
+) -> &'static str {
+    let (Some(mut ping), Some((interval, timeout))) = (ping, keepalive) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        if ping.send_ping(Ping::opaque()).is_err() {
+            // Connection gone: let the driver report it.
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(timeout, poll_fn(|cx| ping.poll_pong(cx))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return "PING timeout",
+        }
+    }
+}
+
+/// Sends a request body on `stream` with HTTP/2 flow control (never more than the peer's window
+/// in memory), then END_STREAM or trailers. Stops if the peer resets the stream; resets it
+/// with CANCEL if the client's body fails.
+async fn pump(mut body: UpBody, mut stream: SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(_)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    while !data.is_empty() {
+                        stream.reserve_capacity(data.len());
+                        let n = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+                            Some(Ok(n)) if n > 0 => n,
+                            Some(Ok(_)) => continue,
+                            _ => return,
+                        };
+                        let chunk = data.split_to(n.min(data.len()));
+                        if stream.send_data(chunk, false).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = stream.send_trailers(trailers);
+                        return;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A response body read from an h2 stream: gives back flow-control credit as data is handed on
+/// (so a slow client slows the origin), then yields trailers.
+pub struct H2Body {
+    recv: RecvStream,
+    data_done: bool,
+    length: Option<u64>,
+}
+
+impl H2Body {
+    /// Wraps a stream; `length` is the response's Content-Length, if any.
+    pub fn new(recv: RecvStream, headers: &HeaderMap) -> H2Body {
+        let length = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        H2Body {
+            recv,
+            data_done: false,
+            length,
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = self.as_mut().get_mut();
+        if !this.data_done {
+            match this.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(d))) => {
+                    let _ = this.recv.flow_control().release_capacity(d.len());
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => this.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match this.recv.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }

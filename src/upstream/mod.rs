@@ -31,7 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::{Scheme, ValidOrigin};
-use crate::error::{classify, Error, RetryClass};
+use crate::error::{classify, classify_h2, Error, RetryClass};
 use crate::metrics::OriginMetrics;
 use connect::{Connector, Transport};
 use h1::{H1Lease, H1Pool};
@@ -192,7 +192,7 @@ impl Outgoing {
 }
 
 impl OutHead {
-    fn request(&self, body: UpBody, h2: bool) -> Result<Request<UpBody>, Error> {
+    fn request<B>(&self, body: B, h2: bool) -> Result<Request<B>, Error> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.headers_mut() = self.headers.clone();
@@ -222,14 +222,43 @@ enum Guard {
     H1(H1Lease),
 }
 
+/// The bytes of a response, from either pool.
+enum Inner {
+    H2(h2::H2Body),
+    H1(Incoming),
+}
+
+impl Inner {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Inner::H2(b) => Pin::new(b).poll_frame(cx),
+            Inner::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::H2(b) => b.is_end_stream(),
+            Inner::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::H2(b) => b.size_hint(),
+            Inner::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The origin's response body; releases its stream slot or connection at end or drop.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     guard: Option<Guard>,
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, guard: Guard) -> UpstreamBody {
+    fn new(inner: Inner, guard: Guard) -> UpstreamBody {
         let mut b = UpstreamBody {
             inner,
             guard: Some(guard),
@@ -252,14 +281,14 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.as_mut().get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        let r = this.inner.poll_frame(cx);
         match &r {
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(_))) => this.finish(false),
@@ -449,27 +478,49 @@ impl OriginPool {
             Ok(Acquired::UseH1) => return Err(AttemptError::Unsent(Some(body), "alpn_h1")),
             Err(e) => return Err(AttemptError::Fatal(e)),
         };
-        let req = out.request(body, true).map_err(AttemptError::Fatal)?;
+        let head = out.request((), true).map_err(AttemptError::Fatal)?;
         let conn_id = lease.conn().id;
-        let mut sender = lease.conn().sender();
-        match tokio::time::timeout(self.response_header_timeout, sender.try_send_request(req)).await
-        {
-            Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
-            Ok(Ok(resp)) => Ok(Upstream {
-                response: resp.map(|b| UpstreamBody::new(b, Guard::H2(lease))),
-                conn_id,
-                protocol: "h2",
-            }),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(req) => {
+        let body = (!body.is_end_stream()).then_some(body);
+        let attempt = async {
+            let response = match lease.conn().start(head, body).await {
+                Ok(r) => r,
+                Err((e, body)) if e.is_go_away() || e.is_io() => {
+                    // Nothing was sent: the connection is closing (GOAWAY) or broken.
                     lease.conn().mark_closed();
-                    Err(AttemptError::Unsent(Some(req.into_body()), "not_sent"))
+                    let reason = if e.is_go_away() { "goaway" } else { "not_sent" };
+                    return Err(AttemptError::Unsent(body, reason));
                 }
-                None => {
-                    let (class, err) = classify(e.error());
+                Err((e, _)) => {
+                    // h2 refused the request itself (a header HTTP/2 forbids).
+                    tracing::debug!(error = %e, "request refused by HTTP/2 rules");
+                    return Err(AttemptError::Fatal(Error::BadRequest(
+                        "request not valid for HTTP/2",
+                    )));
+                }
+            };
+            match response.await {
+                Ok(resp) => Ok(resp),
+                Err(e) => {
+                    let (class, err) = classify_h2(&e);
                     Err(AttemptError::Failed(class, err))
                 }
-            },
+            }
+        };
+        match tokio::time::timeout(self.response_header_timeout, attempt).await {
+            Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(resp)) => {
+                let (parts, recv) = resp.into_parts();
+                let body = h2::H2Body::new(recv, &parts.headers);
+                Ok(Upstream {
+                    response: Response::from_parts(
+                        parts,
+                        UpstreamBody::new(Inner::H2(body), Guard::H2(lease)),
+                    ),
+                    conn_id,
+                    protocol: "h2",
+                })
+            }
         }
     }
 
@@ -491,7 +542,7 @@ impl OriginPool {
         match tokio::time::timeout(self.response_header_timeout, fut).await {
             Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
             Ok(Ok(resp)) => Ok(Upstream {
-                response: resp.map(|b| UpstreamBody::new(b, Guard::H1(lease))),
+                response: resp.map(|b| UpstreamBody::new(Inner::H1(b), Guard::H1(lease))),
                 conn_id,
                 protocol: "http/1.1",
             }),
