@@ -231,6 +231,15 @@ pub struct Origin {
     pub hosts: Vec<String>,
     /// `https://host:port` (TLS, ALPN h2 then http/1.1) or `http://host:port` (cleartext HTTP/1.1).
     pub url: String,
+    /// Addresses (`host:port`) to spread connections over instead of the URL's host and port; the
+    /// URL still gives the scheme, SNI and default Host. A server failing to connect or handshake
+    /// is ejected for `server_backoff`, doubling per failure up to `server_backoff_max`.
+    /// Default: none.
+    pub servers: Vec<String>,
+    /// First ejection time of a failing server. Default `"1s"`.
+    pub server_backoff: HumanDuration,
+    /// Longest ejection time. Default `"30s"`.
+    pub server_backoff_max: HumanDuration,
     /// Extra PEM CA bundle trusted in addition to the system roots.
     pub tls_ca: Option<PathBuf>,
     /// SNI and verified name; default: the URL's host.
@@ -289,6 +298,9 @@ impl Default for Origin {
             name: String::new(),
             hosts: Vec::new(),
             url: String::new(),
+            servers: Vec::new(),
+            server_backoff: secs(1),
+            server_backoff_max: secs(30),
             tls_ca: None,
             tls_server_name: None,
             tls_verify: true,
@@ -347,6 +359,8 @@ pub struct ValidOrigin {
     pub host: String,
     /// Port from the URL (default 443 / 80).
     pub port: u16,
+    /// Where to connect: `servers`, or the URL's host and port.
+    pub servers: Vec<(String, u16)>,
 }
 
 /// A configuration that passed [`Config::validate`].
@@ -535,11 +549,39 @@ fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
             ));
         }
     }
+    let mut servers = Vec::new();
+    for (j, a) in o.servers.iter().enumerate() {
+        let auth = http::uri::Authority::try_from(a.trim())
+            .ok()
+            .filter(|a| a.port_u16().is_some() && !a.host().is_empty() && !a.as_str().contains('@'))
+            .ok_or_else(|| {
+                err(
+                    format!("{k}.servers.{j}"),
+                    format!("invalid server {a:?}: expected host:port"),
+                )
+            })?;
+        let h = auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        servers.push((h, auth.port_u16().unwrap_or(port)));
+    }
+    if servers.is_empty() {
+        servers.push((host.clone(), port));
+    }
+    if o.server_backoff.0.is_zero() || o.server_backoff_max.0 < o.server_backoff.0 {
+        return Err(err(
+            format!("{k}.server_backoff"),
+            "must be > 0 and not above server_backoff_max",
+        ));
+    }
     Ok(ValidOrigin {
         raw: o.clone(),
         scheme,
         host,
         port,
+        servers,
     })
 }
 

@@ -3,7 +3,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -86,14 +88,33 @@ pub struct Connected {
     pub resumed: Option<bool>,
 }
 
-/// Dials one origin. Shared by its pools; holds the origin's one `ClientConfig`.
-pub struct Connector {
+/// One address of an origin (`servers`, or the URL's host and port), with its health.
+struct Server {
     host: String,
     port: u16,
+    health: Mutex<Health>,
+}
+
+/// Passive health: consecutive connect/TLS failures eject a server for an exponentially
+/// growing time; one success restores it.
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// Dials one origin. Shared by its pools; holds the origin's one `ClientConfig`, so every new
+/// connection to any of its servers can resume the TLS session.
+pub struct Connector {
+    origin: String,
+    servers: Vec<Server>,
+    next: AtomicUsize,
     server_name: ServerName<'static>,
     tls: Option<TlsConnector>,
     connect_timeout: Duration,
     tls_timeout: Duration,
+    backoff: Duration,
+    backoff_max: Duration,
     metrics: OriginMetrics,
 }
 
@@ -118,13 +139,25 @@ impl Connector {
             }
             Scheme::Http => None,
         };
+        let servers = o
+            .servers
+            .iter()
+            .map(|(host, port)| Server {
+                host: host.clone(),
+                port: *port,
+                health: Mutex::new(Health::default()),
+            })
+            .collect();
         Ok(Connector {
-            host: o.host.clone(),
-            port: o.port,
+            origin: o.raw.name.clone(),
+            servers,
+            next: AtomicUsize::new(0),
             server_name,
             tls,
             connect_timeout: o.raw.connect_timeout.0,
             tls_timeout: o.raw.tls_handshake_timeout.0,
+            backoff: o.raw.server_backoff.0,
+            backoff_max: o.raw.server_backoff_max.0,
             metrics,
         })
     }
@@ -134,9 +167,41 @@ impl Connector {
         self.tls.is_some()
     }
 
-    /// Resolves, connects (trying each address within one `connect_timeout`), handshakes.
+    /// Dials the next healthy server (round robin), falling through to the others on failure.
+    /// When every server is ejected, probes the one whose ejection ends first, so an origin
+    /// that is entirely down fails fast instead of hanging.
     pub async fn connect(&self) -> Result<Connected, Error> {
-        let tcp = tokio::time::timeout(self.connect_timeout, self.tcp())
+        let n = self.servers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut order: Vec<usize> = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| self.servers[i].ejected_until().is_none_or(|t| t <= now))
+            .collect();
+        if order.is_empty() {
+            let soonest = (0..n).min_by_key(|&i| self.servers[i].ejected_until());
+            order.extend(soonest);
+        }
+        let mut last = Error::Connect(format!("origin {} has no server", self.origin));
+        for i in order {
+            let server = &self.servers[i];
+            match self.connect_one(server).await {
+                Ok(c) => {
+                    server.succeeded();
+                    return Ok(c);
+                }
+                Err(e) => {
+                    let ejected_for = server.failed(self.backoff, self.backoff_max);
+                    tracing::warn!(origin = %self.origin, server = %format!("{}:{}", server.host, server.port), error = %e, ejected_for = ?ejected_for, "origin server failed; ejected");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(&self, server: &Server) -> Result<Connected, Error> {
+        let tcp = tokio::time::timeout(self.connect_timeout, tcp(&server.host, server.port))
             .await
             .map_err(|_| Error::ConnectTimeout)??;
         let _ = tcp.set_nodelay(true);
@@ -166,20 +231,45 @@ impl Connector {
             resumed: Some(resumed),
         })
     }
+}
 
-    async fn tcp(&self) -> Result<TcpStream, Error> {
-        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| Error::Connect(format!("resolving {}: {e}", self.host)))?;
-        let mut last = None;
-        for a in addrs {
-            match TcpStream::connect(a).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(format!("{a}: {e}")),
-            }
-        }
-        Err(Error::Connect(last.unwrap_or_else(|| {
-            format!("{} resolved to no address", self.host)
-        })))
+impl Server {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn ejected_until(&self) -> Option<Instant> {
+        self.health().ejected_until
+    }
+
+    fn succeeded(&self) {
+        *self.health() = Health::default();
+    }
+
+    /// Records a failure; returns how long the server is now ejected.
+    fn failed(&self, base: Duration, max: Duration) -> Duration {
+        let mut h = self.health();
+        h.failures = h.failures.saturating_add(1);
+        let d = base
+            .saturating_mul(1u32 << (h.failures - 1).min(16))
+            .min(max);
+        h.ejected_until = Some(Instant::now() + d);
+        d
+    }
+}
+
+async fn tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Error::Connect(format!("resolving {host}: {e}")))?;
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(format!("{a}: {e}")),
+        }
+    }
+    Err(Error::Connect(last.unwrap_or_else(|| {
+        format!("{host} resolved to no address")
+    })))
 }
