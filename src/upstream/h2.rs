@@ -428,13 +428,22 @@ impl Shared {
 }
 
 async fn dial(shared: Arc<Shared>) {
-    let result = connect(&shared).await;
+    let result = match connect(&shared).await {
+        Ok(Some((conn, settled))) => {
+            // Publish the connection only once the peer's SETTINGS were processed: before that
+            // h2 assumes `initial_max_streams`, and a burst above the real limit would be
+            // refused. By then TLS 1.3 session tickets (sent before any application data) are
+            // in too, so the next dial can resume. Costs one round trip per new connection.
+            let _ = tokio::time::timeout(Duration::from_secs(2), settled).await;
+            Ok(Some(conn))
+        }
+        other => other.map(|_| None),
+    };
     let failed_all = {
         let mut st = shared.lock();
-        // After a success `dialing` stays set until the peer's first frames were read (below).
-        st.dialing = matches!(result, Ok(Some(_)));
+        st.dialing = false;
         match &result {
-            Ok(Some((conn, _))) => {
+            Ok(Some(conn)) => {
                 // The replacement is up: retiring connections take no new streams from now on.
                 for slot in st.slots.iter().filter(|s| s.retiring) {
                     slot.conn.mark_closed();
@@ -456,14 +465,7 @@ async fn dial(shared: Arc<Shared>) {
         }
     };
     match result {
-        Ok(Some((_, first_read))) => {
-            // Requests may use the connection at once; a further dial waits until the peer's
-            // SETTINGS (its real stream limit) and TLS session tickets (resumption) are in.
-            shared.distribute();
-            let _ = tokio::time::timeout(Duration::from_secs(2), first_read).await;
-            shared.lock().dialing = false;
-            shared.distribute();
-        }
+        Ok(Some(_)) => shared.distribute(),
         Ok(None) => shared.fail_waiters(|| Handoff::UseH1),
         Err(e) => {
             if let Some(kind) = e.kind() {
@@ -478,7 +480,7 @@ async fn dial(shared: Arc<Shared>) {
 }
 
 /// Dials and handshakes; `Ok(None)` when ALPN chose http/1.1 (connection given to the h1 pool).
-/// The receiver fires when the peer's first bytes arrive.
+/// The receiver fires once the driver has processed the peer's first bytes (its SETTINGS).
 async fn connect(
     shared: &Arc<Shared>,
 ) -> Result<Option<(Arc<H2Conn>, oneshot::Receiver<()>)>, Error> {
@@ -491,9 +493,10 @@ async fn connect(
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.metrics.conns_h2.inc();
-    let mut io = CountedIo::new(c.io, shared.metrics.open_h2.clone());
-    let (first_tx, first_rx) = oneshot::channel();
-    io.notify_first_read(first_tx);
+    let io = CountedIo::new(c.io, shared.metrics.open_h2.clone());
+    let read_any = io.read_any();
+    let (settled_tx, settled_rx) = oneshot::channel();
+    let mut settled_tx = Some(settled_tx);
     let (sender, mut conn) = shared
         .builder
         .handshake::<_, Bytes>(io)
@@ -520,6 +523,15 @@ async fn connect(
         let mut last = ctl.max_streams.load(Ordering::Relaxed);
         let drive = poll_fn(|cx| {
             let r = Pin::new(&mut conn).poll(cx);
+            if settled_tx.is_some() && read_any.load(Ordering::Acquire) {
+                if let Some(tx) = settled_tx.take() {
+                    ctl.max_streams.store(
+                        conn.max_concurrent_send_streams().min(MAX_STREAMS_CAP),
+                        Ordering::Release,
+                    );
+                    let _ = tx.send(());
+                }
+            }
             let now = conn.max_concurrent_send_streams().min(MAX_STREAMS_CAP);
             if now != last {
                 last = now;
@@ -547,7 +559,7 @@ async fn connect(
             s.distribute();
         }
     });
-    Ok(Some((h2c, first_rx)))
+    Ok(Some((h2c, settled_rx)))
 }
 
 /// `age` ± 10 %, varied per connection so a pool's connections do not all rotate at once.

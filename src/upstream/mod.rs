@@ -68,12 +68,11 @@ pub struct ConnStats {
 
 /// A transport that keeps the `upstream_connections_open` gauge right: +1 when made, −1 when
 /// the connection's I/O object is dropped (by hyper, when the connection really closes).
-/// It also reports the first bytes read: by then TLS 1.3 session tickets, which the server
-/// sends before any application data, have been processed, so the next dial can resume.
+/// It also records whether any bytes were read yet (the peer's first frames have arrived).
 pub struct CountedIo {
     inner: Transport,
     open: Gauge,
-    first_read: Option<tokio::sync::oneshot::Sender<()>>,
+    read_any: Arc<AtomicBool>,
 }
 
 impl CountedIo {
@@ -82,13 +81,13 @@ impl CountedIo {
         CountedIo {
             inner,
             open,
-            first_read: None,
+            read_any: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Fires `tx` on the first non-empty read.
-    fn notify_first_read(&mut self, tx: tokio::sync::oneshot::Sender<()>) {
-        self.first_read = Some(tx);
+    /// Set once the first non-empty read happened.
+    fn read_any(&self) -> Arc<AtomicBool> {
+        self.read_any.clone()
     }
 }
 
@@ -107,10 +106,8 @@ impl AsyncRead for CountedIo {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.first_read.is_some() && buf.filled().len() > before {
-            if let Some(tx) = this.first_read.take() {
-                let _ = tx.send(());
-            }
+        if buf.filled().len() > before && !this.read_any.load(Ordering::Relaxed) {
+            this.read_any.store(true, Ordering::Release);
         }
         r
     }
