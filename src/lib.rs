@@ -20,6 +20,7 @@
 //! [`Gateway::start`] runs the whole thing in-process and returns the bound addresses.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -1,0 +1,1 @@
+//! RFC 9111 cache policy (pure functions; being written).
