@@ -6,7 +6,8 @@
 //! warm), at most `h1_max_idle`; a semaphore caps open connections (busy + idle) at
 //! `h1_max_connections`; each connection owns one permit, so the cap is exact.
 //! A connection is exclusive while a request is on it and goes back to the stack only after its
-//! response body was read to the end.
+//! response body was read to the end; a request waiting at the cap is woken when one goes back
+//! (or when a connection closes and frees its permit).
 //!
 //! # Race window
 //! An idle connection may be closed by the origin just as it is taken. hyper then hands the
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::connect::{Connected, Connector};
@@ -55,6 +56,8 @@ struct Shared {
     origin: String,
     idle: Mutex<Vec<Idle>>,
     permits: Arc<Semaphore>,
+    /// Signalled when a connection goes back to the idle stack.
+    returned: Notify,
     waiting: AtomicUsize,
     connector: Arc<Connector>,
     metrics: OriginMetrics,
@@ -101,6 +104,15 @@ impl Drop for H1Lease {
     }
 }
 
+/// Counts a request in `waiting` (bounded by `max_pending`) until dropped.
+struct WaitGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The pool handle (cheap to clone).
 #[derive(Clone)]
 pub struct H1Pool {
@@ -120,6 +132,7 @@ impl H1Pool {
             origin: r.name.clone(),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(r.h1_max_connections)),
+            returned: Notify::new(),
             waiting: AtomicUsize::new(0),
             connector,
             metrics,
@@ -137,38 +150,52 @@ impl H1Pool {
     /// Takes an idle connection (most recent first) or dials a new one within the cap.
     pub async fn acquire(&self) -> Result<H1Lease, Error> {
         let s = &self.shared;
-        if let Some(c) = s.pop_idle() {
-            return Ok(s.lease(c));
-        }
-        let permit = match s.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if s.waiting.fetch_add(1, Ordering::AcqRel) >= s.max_pending {
-                    s.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(Error::QueueFull);
-                }
-                let got =
-                    tokio::time::timeout(s.pending_timeout, s.permits.clone().acquire_owned())
-                        .await;
-                s.waiting.fetch_sub(1, Ordering::AcqRel);
-                match got {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => return Err(Error::ShuttingDown),
-                    Err(_) => return Err(Error::PendingTimeout),
-                }
+        let deadline = Instant::now() + s.pending_timeout;
+        let mut waiting: Option<WaitGuard<'_>> = None;
+        loop {
+            // Register for "a connection went idle" before looking, so a return between the
+            // look and the wait is not missed.
+            let returned = s.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(c) = s.pop_idle() {
+                return Ok(s.lease(c));
             }
-        };
-        // A connection may have come back while we waited for the permit.
-        if let Some(c) = s.pop_idle() {
-            return Ok(s.lease(c));
-        }
-        let c = s.connector.connect().await.inspect_err(|e| {
-            if let Some(kind) = e.kind() {
-                s.metrics.error(kind);
+            let permit = match s.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if waiting.is_none() {
+                        if s.waiting.fetch_add(1, Ordering::AcqRel) >= s.max_pending {
+                            s.waiting.fetch_sub(1, Ordering::AcqRel);
+                            return Err(Error::QueueFull);
+                        }
+                        waiting = Some(WaitGuard(&s.waiting));
+                    }
+                    // At the cap: wait for a connection to come back idle (taken in the next
+                    // round) or to close (its permit lets us dial).
+                    tokio::select! {
+                        p = s.permits.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => return Err(Error::ShuttingDown),
+                        },
+                        _ = &mut returned => continue,
+                        _ = tokio::time::sleep_until(deadline) => return Err(Error::PendingTimeout),
+                    }
+                }
+            };
+            // A connection may have come back while we waited for the permit.
+            if let Some(c) = s.pop_idle() {
+                return Ok(s.lease(c));
             }
-        })?;
-        let conn = s.handshake(c, permit).await?;
-        Ok(s.lease(conn))
+            drop(waiting.take());
+            let c = s.connector.connect().await.inspect_err(|e| {
+                if let Some(kind) = e.kind() {
+                    s.metrics.error(kind);
+                }
+            })?;
+            let conn = s.handshake(c, permit).await?;
+            return Ok(s.lease(conn));
+        }
     }
 
     /// Takes over a connection dialled by the HTTP/2 pool whose ALPN chose http/1.1.
@@ -232,13 +259,18 @@ impl Shared {
     }
 
     fn put_idle(&self, conn: H1Conn) {
-        let mut idle = self.lock();
-        if idle.len() < self.max_idle {
+        {
+            let mut idle = self.lock();
+            if idle.len() >= self.max_idle {
+                return;
+            }
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
             });
         }
+        // Wake one request waiting at `h1_max_connections`.
+        self.returned.notify_one();
     }
 
     async fn handshake(&self, c: Connected, permit: OwnedSemaphorePermit) -> Result<H1Conn, Error> {

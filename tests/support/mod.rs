@@ -439,7 +439,8 @@ pub mod proxy_kit {
         pub origin: RunningOrigin,
         /// The gateway's plain listener.
         pub addr: SocketAddr,
-        _files: PkiFiles,
+        /// The certificate files (removed when dropped).
+        pub files: PkiFiles,
     }
 
     /// Starts a testkit origin of flavour `up` and a gateway in front of it. `origin_extra` is
@@ -472,7 +473,7 @@ pub mod proxy_kit {
             gw,
             origin,
             addr,
-            _files: files,
+            files,
         }
     }
 
@@ -853,5 +854,43 @@ pub mod proxy_kit {
         let url = format!("https://localhost:{}", origin.addr.port());
         let toml = gateway_toml("", &origin_toml("app", &["*"], &url, Some(&files.ca), ""));
         (start_gateway(&toml).await, origin, files)
+    }
+}
+
+/// Serializes the timing-sensitive tests of one test binary (the machine has 2 cores; two
+/// bursts of 1,000 connections at once would blur each other's in-flight counts). Hold the
+/// guard for the whole test.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+impl Client {
+    /// Connects to `addr` over TLS (server name `server_name`, trust and ALPN from `cfg`).
+    /// Returns the client and the ALPN protocol the server selected.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        cfg: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<(Client, Option<Vec<u8>>), std::io::Error> {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tls = tokio::time::timeout(IO_TIMEOUT, async {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+        })
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect timed out")
+        })??;
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok((Client { sender }, alpn))
     }
 }

@@ -1,0 +1,226 @@
+//! The admin listener: `/healthz`, `/metrics` (Prometheus/OpenMetrics text with the DESIGN.md
+//! names and labels) and `/pool` (JSON view of every origin's connections).
+
+mod support;
+
+use std::time::Duration;
+
+use muxgate::testkit::origin::Origin;
+use muxgate::testkit::pki::Pki;
+use support::{admin_get, gateway_for, init, metric_value, Client};
+
+/// `/healthz` answers 200 `ok`; unknown admin paths are 404; the admin listener never proxies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_ok() {
+    init();
+    let pki = Pki::localhost().unwrap();
+    let origin = Origin::h2().start(&pki).await.unwrap();
+    let (gw, _files) = gateway_for(&origin, &pki, "").await;
+
+    let r = admin_get(&gw, "/healthz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok\n");
+    assert!(r
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("text/plain")));
+
+    let r = admin_get(&gw, "/nope").await;
+    assert_eq!(r.status, 404);
+    // Whatever the path, nothing reaches the origin through the admin listener.
+    let r = admin_get(&gw, "/bytes/10").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(origin.stats.get(|s| &s.requests), 0);
+    assert_eq!(origin.stats.get(|s| &s.connections), 0);
+    assert!(gw.shutdown().await);
+}
+
+/// After traffic, `/metrics` reports the one h2 connection opened with one full handshake, the
+/// answered requests, an open connection and no stream left active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_connections_handshakes_and_requests() {
+    init();
+    let pki = Pki::localhost().unwrap();
+    let origin = Origin::h2().start(&pki).await.unwrap();
+    let (gw, _files) = gateway_for(&origin, &pki, "").await;
+
+    let before = admin_get(&gw, "/metrics").await;
+    assert_eq!(before.status, 200);
+    let text = before.text();
+    assert_eq!(
+        metric_value(
+            &text,
+            "muxgate_upstream_connections_total{origin=\"app\",protocol=\"h2\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
+
+    let mut client = Client::connect(gw.http_addrs[0]).await;
+    for _ in 0..5 {
+        assert_eq!(client.get("app.test", "/").await.status, 200);
+    }
+    assert_eq!(client.get("app.test", "/status/404").await.status, 404);
+
+    let r = admin_get(&gw, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("application/openmetrics-text")),
+        "{:?}",
+        r.headers
+    );
+    let text = r.text();
+    let v = |series: &str| metric_value(&text, series);
+    assert_eq!(
+        v("muxgate_upstream_connections_total{origin=\"app\",protocol=\"h2\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("muxgate_upstream_tls_handshakes_total{origin=\"app\",resumed=\"false\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("muxgate_upstream_tls_handshakes_total{origin=\"app\",resumed=\"true\"}").unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(
+        v("muxgate_upstream_connections_open{origin=\"app\",protocol=\"h2\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("muxgate_requests_total{origin=\"app\",status=\"200\"}"),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("muxgate_requests_total{origin=\"app\",status=\"404\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("muxgate_request_duration_seconds_count{origin=\"app\"}"),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("muxgate_downstream_connections_total{protocol=\"http/1.1\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    // The response body is read to the end, so the stream slot is free again.
+    let idle = support::wait_until(Duration::from_secs(5), || {
+        metric_value(
+            &gw.metrics().render(),
+            "muxgate_upstream_streams_active{origin=\"app\"}",
+        ) == Some(0.0)
+    })
+    .await;
+    assert!(idle, "{}", gw.metrics().render());
+    assert!(gw.shutdown().await);
+}
+
+/// A second connection (forced by in-flight requests over max_streams) shows up in the metrics
+/// as a resumed handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_resumed_handshakes() {
+    init();
+    let pki = Pki::localhost().unwrap();
+    let origin = Origin::h2()
+        .max_streams(2)
+        .delay(Duration::from_millis(500))
+        .start(&pki)
+        .await
+        .unwrap();
+    let (gw, _files) = gateway_for(&origin, &pki, "initial_max_streams = 2").await;
+
+    let resps = tokio::time::timeout(
+        Duration::from_secs(20),
+        support::get_concurrent(gw.http_addrs[0], "app.test", "/", 4),
+    )
+    .await
+    .expect("requests timed out");
+    assert!(resps.iter().all(|r| r.status == 200));
+    assert_eq!(origin.stats.get(|s| &s.connections), 2);
+
+    let text = admin_get(&gw, "/metrics").await.text();
+    let v = |series: &str| metric_value(&text, series);
+    assert_eq!(
+        v("muxgate_upstream_connections_total{origin=\"app\",protocol=\"h2\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("muxgate_upstream_tls_handshakes_total{origin=\"app\",resumed=\"false\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("muxgate_upstream_tls_handshakes_total{origin=\"app\",resumed=\"true\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(gw.shutdown().await);
+}
+
+/// `/pool` lists each origin with its protocol and connections (id, protocol, streams, limit,
+/// requests carried, handshake kind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_lists_the_connection() {
+    init();
+    let pki = Pki::localhost().unwrap();
+    let origin = Origin::h2().max_streams(50).start(&pki).await.unwrap();
+    let (gw, _files) = gateway_for(&origin, &pki, "").await;
+
+    let r = admin_get(&gw, "/pool").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(v[0]["origin"], "app");
+    assert_eq!(
+        v[0]["protocol"], "unknown",
+        "no connection before the first request"
+    );
+    assert_eq!(v[0]["connections"].as_array().map(Vec::len), Some(0));
+
+    let mut client = Client::connect(gw.http_addrs[0]).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("app.test", "/").await.status, 200);
+    }
+    // The origin's SETTINGS (max 50 streams) are in once a later request was dispatched.
+    let settled = support::wait_until(Duration::from_secs(5), || {
+        gw.origin("app")
+            .is_some_and(|p| p.stats().first().is_some_and(|c| c.in_flight == 0))
+    })
+    .await;
+    assert!(settled);
+
+    let r = admin_get(&gw, "/pool").await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    let origins = v.as_array().expect("array of origins");
+    assert_eq!(origins.len(), 1, "{v}");
+    let o = &origins[0];
+    assert_eq!(o["origin"], "app");
+    assert_eq!(o["protocol"], "h2");
+    let conns = o["connections"].as_array().expect("connections");
+    assert_eq!(conns.len(), 1, "{v}");
+    let c = &conns[0];
+    assert_eq!(c["protocol"], "h2");
+    assert_eq!(c["handshake"], "full");
+    assert_eq!(c["requests"], 3);
+    assert_eq!(c["streams_in_flight"], 0);
+    assert_eq!(c["max_streams"], 50, "{v}");
+    assert_eq!(c["draining"], false);
+    assert!(c["id"].as_u64().is_some_and(|id| id > 0));
+    assert!(c["age_seconds"].as_f64().is_some_and(|a| a >= 0.0));
+    let stats = gw.origin("app").unwrap().stats();
+    assert_eq!(c["id"].as_u64(), Some(stats[0].id));
+    assert!(gw.shutdown().await);
+}
