@@ -140,6 +140,8 @@ pub struct Config {
     pub client: ClientLimits,
     /// Origins, matched by Host header in order of specificity (exact, `*.suffix`, `*`).
     pub origins: Vec<Origin>,
+    /// The response cache.
+    pub cache: CacheConfig,
     /// Log output: `"text"` (default) or `"json"`.
     pub log_format: String,
 }
@@ -152,7 +154,66 @@ impl Default for Config {
             admin: Admin::default(),
             client: ClientLimits::default(),
             origins: Vec::new(),
+            cache: CacheConfig::default(),
             log_format: "text".into(),
+        }
+    }
+}
+
+/// `[cache]`: a shared HTTP cache (RFC 9111) in front of the origins. Strict by default:
+/// only what the origin marks storable is stored, stale only where the origin allows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache responses. Default false.
+    pub enabled: bool,
+    /// Total size (bodies + headers). Default `"256MiB"`.
+    pub max_size: ByteSize,
+    /// Larger responses stream through uncached. Default `"8MiB"`.
+    pub max_object_size: ByteSize,
+    /// Key template: `$scheme`, `$host` (required), `$uri`, `$args`, `$request_uri`.
+    /// Default `"$scheme://$host$request_uri"`.
+    pub key: String,
+    /// Lifetime per status (`"200"`, `"404"`, `"any"`) for responses without explicit
+    /// freshness, like nginx's `proxy_cache_valid`. Default: none.
+    pub valid: std::collections::BTreeMap<String, HumanDuration>,
+    /// nginx's `proxy_cache_use_stale` words. Default: none (only RFC 5861 windows).
+    pub use_stale: Vec<String>,
+    /// With `use_stale = ["updating"]`: serve stale at once and refresh in the background.
+    /// Default false.
+    pub background_update: bool,
+    /// Collapse concurrent misses for one key into one origin request. Default true.
+    pub lock: bool,
+    /// How long a collapsed request waits before going to the origin itself. Default `"5s"`.
+    pub lock_timeout: HumanDuration,
+    /// Revalidate stale entries with If-None-Match / If-Modified-Since. Default true.
+    pub revalidate: bool,
+    /// Methods served from the cache. Default `["GET", "HEAD"]`.
+    pub methods: Vec<String>,
+    /// Response fields whose caching meaning is ignored (`Cache-Control`, `Expires`,
+    /// `Set-Cookie`, …), like nginx's `proxy_ignore_headers`. Default: none.
+    pub ignore_headers: Vec<String>,
+    /// A targeted cache-control field (RFC 9213) that takes precedence over
+    /// `CDN-Cache-Control` and `Cache-Control`; `""` disables. Default `"muxgate-cache-control"`.
+    pub targeted_field: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: false,
+            max_size: ByteSize(256 << 20),
+            max_object_size: ByteSize(8 << 20),
+            key: "$scheme://$host$request_uri".into(),
+            valid: Default::default(),
+            use_stale: Vec::new(),
+            background_update: false,
+            lock: true,
+            lock_timeout: secs(5),
+            revalidate: true,
+            methods: vec!["GET".into(), "HEAD".into()],
+            ignore_headers: Vec::new(),
+            targeted_field: "muxgate-cache-control".into(),
         }
     }
 }
@@ -437,6 +498,23 @@ impl Config {
         }
         if c.max_headers == 0 {
             return Err(err("client.max_headers", "must be at least 1"));
+        }
+        crate::cache::key::validate_template(&self.cache.key).map_err(|r| err("cache.key", r))?;
+        if self.cache.max_object_size.0 > self.cache.max_size.0 {
+            return Err(err("cache.max_object_size", "must not exceed cache.max_size"));
+        }
+        for (j, m) in self.cache.methods.iter().enumerate() {
+            if !matches!(m.as_str(), "GET" | "HEAD") {
+                return Err(err(format!("cache.methods.{j}"), "only GET and HEAD can be cached"));
+            }
+        }
+        for (j, h) in self.cache.ignore_headers.iter().enumerate() {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| err(format!("cache.ignore_headers.{j}"), "not a header name"))?;
+        }
+        if !self.cache.targeted_field.is_empty() {
+            http::HeaderName::from_bytes(self.cache.targeted_field.as_bytes())
+                .map_err(|_| err("cache.targeted_field", "not a header name"))?;
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(err("log_format", "must be \"text\" or \"json\""));
