@@ -501,11 +501,17 @@ impl Config {
         }
         crate::cache::key::validate_template(&self.cache.key).map_err(|r| err("cache.key", r))?;
         if self.cache.max_object_size.0 > self.cache.max_size.0 {
-            return Err(err("cache.max_object_size", "must not exceed cache.max_size"));
+            return Err(err(
+                "cache.max_object_size",
+                "must not exceed cache.max_size",
+            ));
         }
         for (j, m) in self.cache.methods.iter().enumerate() {
             if !matches!(m.as_str(), "GET" | "HEAD") {
-                return Err(err(format!("cache.methods.{j}"), "only GET and HEAD can be cached"));
+                return Err(err(
+                    format!("cache.methods.{j}"),
+                    "only GET and HEAD can be cached",
+                ));
             }
         }
         for (j, h) in self.cache.ignore_headers.iter().enumerate() {

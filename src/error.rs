@@ -29,6 +29,12 @@ pub enum Error {
     /// The request body exceeds `client.max_body_size`.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The request header block exceeds `client.max_header_size` or `client.max_headers`.
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    /// The request target alone exceeds `client.max_header_size`.
+    #[error("request target too long")]
+    UriTooLong,
     /// TCP connect to the origin failed.
     #[error("origin connect failed: {0}")]
     Connect(String),
@@ -65,7 +71,11 @@ impl Error {
     /// The side responsible.
     pub fn side(&self) -> Side {
         match self {
-            Error::NoRoute | Error::BadRequest(_) | Error::BodyTooLarge => Side::Client,
+            Error::NoRoute
+            | Error::BadRequest(_)
+            | Error::BodyTooLarge
+            | Error::HeadersTooLarge
+            | Error::UriTooLong => Side::Client,
             Error::QueueFull | Error::PendingTimeout | Error::ShuttingDown => Side::Internal,
             _ => Side::Origin,
         }
@@ -77,6 +87,8 @@ impl Error {
             Error::NoRoute => StatusCode::NOT_FOUND,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::UriTooLong => StatusCode::URI_TOO_LONG,
             Error::Connect(_) | Error::Tls(_) | Error::Protocol(_) | Error::Reset(_) => {
                 StatusCode::BAD_GATEWAY
             }

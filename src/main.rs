@@ -196,6 +196,8 @@ fn toml_string(c: &Config) -> Result<String, String> {
 }
 
 async fn run(cfg: muxgate::config::ValidConfig) -> ExitCode {
+    // Handlers first: a SIGTERM right after "listening" must drain, not kill.
+    let stop = signal_future();
     let gw = match Gateway::start(cfg).await {
         Ok(g) => g,
         Err(e) => {
@@ -205,7 +207,7 @@ async fn run(cfg: muxgate::config::ValidConfig) -> ExitCode {
         }
     };
     tracing::info!(http = ?gw.http_addrs, tls = ?gw.tls_addrs, admin = ?gw.admin_addr, "muxgate listening");
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down: draining in-flight requests");
     if gw.shutdown().await {
         tracing::info!("drained");
@@ -238,23 +240,32 @@ async fn run_origin(dir: PathBuf, max_streams: u32, h1_only: bool) -> Result<(),
 }
 
 async fn wait_for_signal() {
+    signal_future().await
+}
+
+/// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first signal.
+fn signal_future() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut t), Some(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async move {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -138,11 +138,13 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.limits.header_timeout.0)
-        .max_headers(ctx.limits.max_headers)
-        .max_header_size(ctx.limits.max_header_size.0 as usize)
-        .max_buf_size((ctx.limits.max_header_size.0 as usize).max(8192) + 8192)
-        .keep_alive(true)
-        .pipeline_flush(true);
+        // Twice the configured limits: between 1x and 2x the proxy answers 431/414 with a body.
+        .max_headers(ctx.limits.max_headers * 2)
+        .max_header_size(ctx.limits.max_header_size.0 as usize * 2)
+        .max_buf_size((ctx.limits.max_header_size.0 as usize * 2).max(8192) + 8192)
+        // Not `pipeline_flush(true)`: hyper then drops buffered responses (and its own 431) when
+        // the connection closes with unread input.
+        .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut shutdown = ctx.shutdown.clone();

@@ -70,10 +70,16 @@ pub fn request_to_origin(mut h: HeaderMap, client: IpAddr, tls: bool) -> HeaderM
     h.remove(header::HOST);
     h.remove(header::EXPECT);
     let ip = client.to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
+    // Every field line counts (RFC 9110 §5.3: lines combine with ", "); unreadable ones are dropped.
+    let mut prev: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    prev.push(&ip);
+    let xff = prev.join(", ");
     // Joined values of valid header text plus an IP literal stay valid header text.
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert(X_FORWARDED_FOR.clone(), v);
@@ -140,6 +146,20 @@ mod tests {
         assert_eq!(out["x-end-to-end"], "kept");
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(out["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn every_x_forwarded_for_line_is_kept() {
+        let h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+        ]);
+        let out = request_to_origin(h, "127.0.0.1".parse().unwrap(), false);
+        assert_eq!(
+            out["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"
+        );
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
+/// Configured limits on the request head, checked here so the client gets a 414/431 with a
+/// body (hyper's own parser limit is set at twice these and answers with an empty 431).
+#[derive(Debug, Clone, Copy)]
+struct HeadLimits {
+    max_size: usize,
+    max_count: usize,
+}
+
 struct Route {
     pool: Arc<OriginPool>,
     host_header: Option<Authority>,
@@ -49,6 +57,7 @@ pub struct Proxy {
     routes: Vec<Route>,
     max_body_size: u64,
     body_timeout: Duration,
+    head: HeadLimits,
 }
 
 impl Proxy {
@@ -79,6 +88,10 @@ impl Proxy {
             routes,
             max_body_size: cfg.raw.client.max_body_size.0,
             body_timeout: cfg.raw.client.header_timeout.0,
+            head: HeadLimits {
+                max_size: cfg.raw.client.max_header_size.0 as usize,
+                max_count: cfg.raw.client.max_headers,
+            },
         })
     }
 
@@ -159,6 +172,7 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
+        check_head(&parts, self.head).map_err(|e| (e, None))?;
         let host = request_host(&parts).map_err(|e| (e, None))?;
         log.host = host.to_string();
         let idx = self
@@ -245,6 +259,30 @@ impl Proxy {
         };
         Ok(OutBody::Stream(limited.boxed_unsync() as UpBody))
     }
+}
+
+/// Request line and header block against the configured limits (RFC 9110 §15.5.15, RFC 6585 §5).
+fn check_head(parts: &http::request::Parts, limits: HeadLimits) -> Result<(), Error> {
+    let target = parts.uri.to_string().len();
+    if target > limits.max_size {
+        return Err(Error::UriTooLong);
+    }
+    if parts.headers.len() > limits.max_count {
+        return Err(Error::HeadersTooLarge);
+    }
+    // Request line + "name: value\r\n" per field, as they were on the wire.
+    let size = parts.method.as_str().len()
+        + target
+        + 12
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size > limits.max_size {
+        return Err(Error::HeadersTooLarge);
+    }
+    Ok(())
 }
 
 /// The request's host: the absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2).

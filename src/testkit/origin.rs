@@ -351,7 +351,12 @@ async fn respond(req: Request<Incoming>, cfg: &OriginBuilder) -> Response<Body> 
                 Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"body with trailers\n"))),
                 Ok(Frame::trailers(trailers)),
             ];
-            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
+            let mut r =
+                Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
+            // RFC 9110 §6.6.2: announce the trailer (hyper's HTTP/1.1 server sends only those).
+            r.headers_mut()
+                .insert("trailer", HeaderValue::from_static("x-trailer"));
+            r
         }
         _ => Response::new(full(vec![b'x'; cfg.body_size])),
     };

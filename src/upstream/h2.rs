@@ -434,8 +434,15 @@ async fn dial(shared: Arc<Shared>) {
             // h2 assumes `initial_max_streams`, and a burst above the real limit would be
             // refused. By then TLS 1.3 session tickets (sent before any application data) are
             // in too, so the next dial can resume. Costs one round trip per new connection.
-            let _ = tokio::time::timeout(Duration::from_secs(2), settled).await;
-            Ok(Some(conn))
+            match tokio::time::timeout(Duration::from_secs(2), settled).await {
+                Ok(Ok(())) => Ok(Some(conn)),
+                // The driver ended first: garbage, a protocol error or a close.
+                Ok(Err(_)) => Err(Error::Protocol(
+                    "origin closed or broke the HTTP/2 connection before its SETTINGS".into(),
+                )),
+                // A slow peer: use the connection with the assumed limit.
+                Err(_) => Ok(Some(conn)),
+            }
         }
         other => other.map(|_| None),
     };
@@ -523,7 +530,7 @@ async fn connect(
         let mut last = ctl.max_streams.load(Ordering::Relaxed);
         let drive = poll_fn(|cx| {
             let r = Pin::new(&mut conn).poll(cx);
-            if settled_tx.is_some() && read_any.load(Ordering::Acquire) {
+            if settled_tx.is_some() && r.is_pending() && read_any.load(Ordering::Acquire) {
                 if let Some(tx) = settled_tx.take() {
                     ctl.max_streams.store(
                         conn.max_concurrent_send_streams().min(MAX_STREAMS_CAP),

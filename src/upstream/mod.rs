@@ -321,6 +321,8 @@ enum AttemptError {
     Failed(RetryClass, Error),
     /// Not retryable at all (timeouts, pool limits).
     Fatal(Error),
+    /// No connection could be had (dial failure, queue full); already counted by the pool.
+    Acquire(Error),
 }
 
 /// Everything that talks to one origin.
@@ -427,6 +429,7 @@ impl OriginPool {
                     }
                     continue;
                 }
+                Err(AttemptError::Acquire(e)) => return Err(e),
                 Err(AttemptError::Fatal(e)) => e,
                 Err(AttemptError::Failed(class, e)) => {
                     let retry = match class {
@@ -473,7 +476,7 @@ impl OriginPool {
         let lease = match pool.acquire().await {
             Ok(Acquired::Lease(l)) => l,
             Ok(Acquired::UseH1) => return Err(AttemptError::Unsent(Some(body), "alpn_h1")),
-            Err(e) => return Err(AttemptError::Fatal(e)),
+            Err(e) => return Err(AttemptError::Acquire(e)),
         };
         let head = out.request((), true).map_err(AttemptError::Fatal)?;
         let conn_id = lease.conn().id;
@@ -524,7 +527,7 @@ impl OriginPool {
     async fn try_h1(&self, out: &OutHead, body: UpBody) -> Result<Upstream, AttemptError> {
         let mut lease = match self.h1.acquire().await {
             Ok(l) => l,
-            Err(e) => return Err(AttemptError::Fatal(e)),
+            Err(e) => return Err(AttemptError::Acquire(e)),
         };
         let req = out.request(body, false).map_err(AttemptError::Fatal)?;
         let conn_id = lease.id();
