@@ -78,7 +78,7 @@ impl H2Conn {
         &self,
         head: Request<()>,
         body: Option<UpBody>,
-    ) -> Result<ResponseFuture, (h2::Error, Option<UpBody>)> {
+    ) -> Result<(ResponseFuture, Option<PumpGuard>), (h2::Error, Option<UpBody>)> {
         let mut sender = match self.sender.clone().ready().await {
             Ok(s) => s,
             Err(e) => return Err((e, body)),
@@ -87,10 +87,8 @@ impl H2Conn {
             Ok(x) => x,
             Err(e) => return Err((e, body)),
         };
-        if let Some(body) = body {
-            tokio::spawn(pump(body, stream));
-        }
-        Ok(response)
+        let pump = body.map(|body| PumpGuard(tokio::spawn(pump(body, stream))));
+        Ok((response, pump))
     }
 
     /// Marks the connection unusable for new streams (its dispatch task has ended).
@@ -402,6 +400,8 @@ impl Shared {
         loop {
             let (tx, conn) = {
                 let mut st = self.lock();
+                // Waiters that gave up must not cause a dial.
+                st.waiters.retain(|w| !w.is_closed());
                 let Some(i) = st.pick(self.min_connections) else {
                     if !st.waiters.is_empty() {
                         self.maybe_dial(&mut st);
@@ -630,6 +630,17 @@ async fn keepalive_loop(
             Ok(Err(_)) => return std::future::pending().await,
             Err(_) => return "PING timeout",
         }
+    }
+}
+
+/// Owns a request-body pump; dropping it (attempt failed or timed out, response done or
+/// dropped) aborts the pump, so its `SendStream` goes away and h2 resets the stream instead of
+/// keeping it open for ever against an origin that grants no window.
+pub struct PumpGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for PumpGuard {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -215,7 +215,11 @@ impl OutHead {
 
 /// What released on response end: an h2 stream slot or an HTTP/1.1 connection.
 enum Guard {
-    H2(#[allow(dead_code)] H2Lease),
+    /// The stream slot, and the request-body pump (aborted when the response is done).
+    H2(
+        #[allow(dead_code)] H2Lease,
+        #[allow(dead_code)] Option<h2::PumpGuard>,
+    ),
     H1(H1Lease),
 }
 
@@ -482,7 +486,7 @@ impl OriginPool {
         let conn_id = lease.conn().id;
         let body = (!body.is_end_stream()).then_some(body);
         let attempt = async {
-            let response = match lease.conn().start(head, body).await {
+            let (response, pump) = match lease.conn().start(head, body).await {
                 Ok(r) => r,
                 Err((e, body)) if e.is_go_away() || e.is_io() => {
                     // Nothing was sent: the connection is closing (GOAWAY) or broken.
@@ -499,7 +503,7 @@ impl OriginPool {
                 }
             };
             match response.await {
-                Ok(resp) => Ok(resp),
+                Ok(resp) => Ok((resp, pump)),
                 Err(e) => {
                     let (class, err) = classify_h2(&e);
                     Err(AttemptError::Failed(class, err))
@@ -509,13 +513,13 @@ impl OriginPool {
         match tokio::time::timeout(self.response_header_timeout, attempt).await {
             Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, pump))) => {
                 let (parts, recv) = resp.into_parts();
                 let body = h2::H2Body::new(recv, &parts.headers);
                 Ok(Upstream {
                     response: Response::from_parts(
                         parts,
-                        UpstreamBody::new(Inner::H2(body), Guard::H2(lease)),
+                        UpstreamBody::new(Inner::H2(body), Guard::H2(lease, pump)),
                     ),
                     conn_id,
                     protocol: "h2",
