@@ -311,6 +311,8 @@ pub struct Origin {
     pub alpn: Vec<String>,
     /// Rewrite the Host / `:authority` sent to the origin; default: keep the client's.
     pub host_header: Option<String>,
+    /// Use the `[cache]` for this origin (when it is enabled). Default true.
+    pub cache: bool,
     /// HTTP/2: connections kept open even when one would do. Default 1.
     pub min_connections: usize,
     /// HTTP/2: connections at most. Default 16.
@@ -367,6 +369,7 @@ impl Default for Origin {
             tls_verify: true,
             alpn: vec!["h2".into(), "http/1.1".into()],
             host_header: None,
+            cache: true,
             min_connections: 1,
             max_connections: 16,
             initial_max_streams: 100,
@@ -500,6 +503,7 @@ impl Config {
             return Err(err("client.max_headers", "must be at least 1"));
         }
         crate::cache::key::validate_template(&self.cache.key).map_err(|r| err("cache.key", r))?;
+        crate::cache::policy_config(&self.cache)?;
         if self.cache.max_object_size.0 > self.cache.max_size.0 {
             return Err(err(
                 "cache.max_object_size",

@@ -62,6 +62,9 @@ pub enum Error {
     /// Waited `pending_timeout` for an origin connection or stream.
     #[error("timed out waiting for an origin connection")]
     PendingTimeout,
+    /// `Cache-Control: only-if-cached` and nothing usable is stored (RFC 9111 §5.2.1.7).
+    #[error("not in cache")]
+    NotCached,
     /// The origin pool is shutting down.
     #[error("gateway shutting down")]
     ShuttingDown,
@@ -76,7 +79,9 @@ impl Error {
             | Error::BodyTooLarge
             | Error::HeadersTooLarge
             | Error::UriTooLong => Side::Client,
-            Error::QueueFull | Error::PendingTimeout | Error::ShuttingDown => Side::Internal,
+            Error::QueueFull | Error::PendingTimeout | Error::ShuttingDown | Error::NotCached => {
+                Side::Internal
+            }
             _ => Side::Origin,
         }
     }
@@ -92,9 +97,10 @@ impl Error {
             Error::Connect(_) | Error::Tls(_) | Error::Protocol(_) | Error::Reset(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            Error::ConnectTimeout | Error::TlsTimeout | Error::ResponseTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            Error::ConnectTimeout
+            | Error::TlsTimeout
+            | Error::ResponseTimeout
+            | Error::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Error::QueueFull | Error::PendingTimeout | Error::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -2,6 +2,7 @@
 //! check the request, translate headers ([`headers`]), send through the origin's pool, translate
 //! the response, and write one access-log line when the response body is done.
 
+pub mod cached;
 pub mod headers;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
+use crate::cache::CacheRt;
 use crate::config::ValidConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -27,6 +29,9 @@ use crate::upstream::{BoxError, OriginPool, OutBody, OutHead, Outgoing, UpBody};
 
 /// Response body sent to clients.
 pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// `X-Cache-Status` (nginx's `$upstream_cache_status`).
+static X_CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("x-cache-status");
 
 /// Who sent a request.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +52,7 @@ struct HeadLimits {
 
 struct Route {
     pool: Arc<OriginPool>,
+    cache: bool,
     host_header: Option<Authority>,
     retry_buffer: u64,
 }
@@ -58,6 +64,8 @@ pub struct Proxy {
     max_body_size: u64,
     body_timeout: Duration,
     head: HeadLimits,
+    cache: Option<Arc<CacheRt>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
@@ -75,6 +83,7 @@ impl Proxy {
                 .map_err(|e| format!("origin {}: {e}", o.raw.name))?;
             routes.push(Route {
                 pool: Arc::new(pool),
+                cache: o.raw.cache,
                 host_header: o
                     .raw
                     .host_header
@@ -92,6 +101,8 @@ impl Proxy {
                 max_size: cfg.raw.client.max_header_size.0 as usize,
                 max_count: cfg.raw.client.max_headers,
             },
+            cache: CacheRt::from_config(&cfg.raw.cache).map_err(|e| e.to_string())?,
+            metrics: metrics.clone(),
         })
     }
 
@@ -134,6 +145,7 @@ impl Proxy {
             origin: "-".into(),
             protocol: "-",
             conn_id: 0,
+            cache: None,
         };
         let result = self.forward(req, client, &mut log).await;
         let (mut resp, origin) = match result {
@@ -146,6 +158,14 @@ impl Proxy {
             }
         };
         log.status = resp.status().as_u16();
+        if let Some(status) = log.cache {
+            resp.headers_mut()
+                .insert(X_CACHE_STATUS.clone(), HeaderValue::from_static(status));
+            self.metrics
+                .cache_requests_total
+                .get_or_create(&vec![("status", status.to_string())])
+                .inc();
+        }
         if let Some(o) = origin {
             let m = o.metrics();
             m.request(log.status);
@@ -200,15 +220,39 @@ impl Proxy {
             .request_body(body, declared, route.retry_buffer, exceeded.clone())
             .await
             .map_err(fail)?;
-        let out = Outgoing {
-            head: OutHead {
-                method: parts.method,
-                authority: route.host_header.clone().unwrap_or(host),
-                path_and_query,
-                headers: headers::request_to_origin(parts.headers, client.peer.ip(), client.tls),
-            },
-            body,
+        let cache_key = self.cache.as_ref().filter(|_| route.cache).map(|c| {
+            let scheme = if client.tls { "https" } else { "http" };
+            let name = crate::route::normalize_host(host.host());
+            let key = crate::cache::key::render(
+                &c.key,
+                scheme,
+                &name,
+                path_and_query.path(),
+                path_and_query.query(),
+            );
+            (c.clone(), key)
+        });
+        let head = OutHead {
+            method: parts.method,
+            authority: route.host_header.clone().unwrap_or(host),
+            path_and_query,
+            headers: headers::request_to_origin(parts.headers, client.peer.ip(), client.tls),
         };
+        if let Some((c, key)) = &cache_key {
+            let cacheable = c.methods.contains(&head.method)
+                && matches!(body, OutBody::Empty)
+                && !head.headers.contains_key(header::RANGE);
+            if cacheable {
+                let (r, status) = cached::serve(c, &pool, head, key.clone()).await;
+                log.cache = Some(status);
+                return r.map(|resp| (resp, pool.clone())).map_err(fail);
+            }
+            // Range requests, bodies, other methods: straight through (RFC 9111 §3.3/§3.4
+            // partial content is not stored).
+            log.cache = Some("BYPASS");
+        }
+        let method = head.method.clone();
+        let out = Outgoing { head, body };
         let up = match pool.send(out).await {
             Ok(up) => up,
             Err(_) if exceeded.load(Ordering::Acquire) => return Err(fail(Error::BodyTooLarge)),
@@ -217,6 +261,18 @@ impl Proxy {
         log.protocol = up.protocol;
         log.conn_id = up.conn_id;
         let (mut parts, body) = up.response.into_parts();
+        if let Some((c, key)) = &cache_key {
+            // RFC 9111 §4.4: a successful unsafe request invalidates the stored responses for
+            // its URI (and Location / Content-Location on the same host).
+            if crate::cache::policy::invalidates(&method, parts.status) {
+                c.store.invalidate(key);
+                for h in [header::LOCATION, header::CONTENT_LOCATION] {
+                    if let Some(k) = parts.headers.get(&h).and_then(|v| same_host_key(key, v)) {
+                        c.store.invalidate(&k);
+                    }
+                }
+            }
+        }
         headers::response_to_client(&mut parts.headers);
         let body = body.map_err(BoxError::from).boxed_unsync();
         Ok((Response::from_parts(parts, body), pool))
@@ -328,6 +384,27 @@ fn content_length(h: &http::HeaderMap) -> Result<Option<u64>, Error> {
     Ok(found)
 }
 
+/// The cache key of a same-host `Location`-style URI reference, derived from `key` (which ends
+/// with the request's path and query); `None` for other hosts or unparsable values.
+fn same_host_key(key: &str, v: &HeaderValue) -> Option<String> {
+    let text = v.to_str().ok()?;
+    let uri: http::Uri = text.parse().ok()?;
+    let pq = uri.path_and_query()?.as_str();
+    if uri.authority().is_some() {
+        // Absolute: only the same host counts; rebuild from the key's scheme and host.
+        let host = uri.host()?.to_ascii_lowercase();
+        let start = key.find(&host)?;
+        return Some(format!("{}{}", &key[..start + host.len()], pq));
+    }
+    if !pq.starts_with('/') {
+        return None;
+    }
+    // Relative: replace the request's path in the key (default template ends with it).
+    let scheme_end = key.find("://").map_or(0, |i| i + 3);
+    let path_start = key[scheme_end..].find('/').map(|i| i + scheme_end)?;
+    Some(format!("{}{}", &key[..path_start], pq))
+}
+
 /// The one place an [`Error`] becomes a client response.
 pub fn error_response(e: &Error) -> Response<RespBody> {
     let mut resp = Response::new(
@@ -415,6 +492,7 @@ struct AccessLog {
     origin: String,
     protocol: &'static str,
     conn_id: u64,
+    cache: Option<&'static str>,
 }
 
 impl AccessLog {
@@ -431,6 +509,7 @@ impl AccessLog {
             origin = %self.origin,
             upstream_protocol = self.protocol,
             upstream_conn = self.conn_id,
+            cache = self.cache.unwrap_or("-"),
             complete,
         );
     }

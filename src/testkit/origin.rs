@@ -12,6 +12,13 @@
 //! - `/status/N`: answers status N.
 //! - `/delay/MS`: waits MS milliseconds, then answers.
 //! - `/trailers`: a body followed by a trailer `x-trailer: done`.
+//! - `/cc/VALUE`: `Cache-Control: VALUE` (percent-decoded), `ETag: "v1"`, body `n=<requests>`;
+//!   answers `If-None-Match: "v1"` with 304.
+//! - `/vary`: `Vary: Accept-Encoding`, `Cache-Control: max-age=60`, body = the request's
+//!   Accept-Encoding.
+//!
+//! [`RunningOrigin::force_status`] makes every response that status (body `forced`) until
+//! reset to 0, to script an origin that starts failing.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,6 +59,10 @@ pub struct OriginStats {
     pub active: AtomicU64,
     /// Most requests served at once.
     pub peak_active: AtomicU64,
+    /// See [`RunningOrigin::force_status`].
+    pub force_status: Arc<std::sync::atomic::AtomicU16>,
+    /// See [`RunningOrigin::force_delay_ms`].
+    pub force_delay_ms: Arc<AtomicU64>,
 }
 
 impl OriginStats {
@@ -142,10 +153,14 @@ impl OriginBuilder {
         let stats = Arc::new(OriginStats::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let cfg = Arc::new(self);
+        let force_status = stats.force_status.clone();
+        let force_delay_ms = stats.force_delay_ms.clone();
         tokio::spawn(accept_loop(listener, acceptor, cfg, stats.clone(), stop_rx));
         Ok(RunningOrigin {
             addr,
             stats,
+            force_status,
+            force_delay_ms,
             _stop: stop_tx,
         })
     }
@@ -157,6 +172,10 @@ pub struct RunningOrigin {
     pub addr: SocketAddr,
     /// Counters.
     pub stats: Arc<OriginStats>,
+    /// Non-zero: answer every request with this status.
+    pub force_status: Arc<std::sync::atomic::AtomicU16>,
+    /// Non-zero: wait this many milliseconds before every response.
+    pub force_delay_ms: Arc<AtomicU64>,
     _stop: watch::Sender<bool>,
 }
 
@@ -247,7 +266,19 @@ fn make_service(
             if !cfg.delay.is_zero() {
                 tokio::time::sleep(cfg.delay).await;
             }
-            Ok::<_, Infallible>(respond(req, &cfg).await)
+            let extra = stats.force_delay_ms.load(Ordering::SeqCst);
+            if extra > 0 {
+                tokio::time::sleep(Duration::from_millis(extra)).await;
+            }
+            let forced = stats.force_status.load(Ordering::SeqCst);
+            if forced != 0 {
+                let mut r = Response::new(full("forced\n"));
+                *r.status_mut() =
+                    StatusCode::from_u16(forced).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Ok(r);
+            }
+            let n = stats.requests.load(Ordering::SeqCst);
+            Ok::<_, Infallible>(respond(req, &cfg, n).await)
         }
     })
 }
@@ -264,7 +295,33 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed_unsync()
 }
 
-async fn respond(req: Request<Incoming>, cfg: &OriginBuilder) -> Response<Body> {
+fn now_date() -> HeaderValue {
+    let text = crate::cache::policy::format_http_date(std::time::SystemTime::now());
+    HeaderValue::from_str(&text)
+        .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
+/// Decodes `%XX` escapes (enough for Cache-Control values in a path).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn respond(req: Request<Incoming>, cfg: &OriginBuilder, n: u64) -> Response<Body> {
     let path = req.uri().path().to_string();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let head = parts.next().unwrap_or("");
@@ -356,6 +413,41 @@ async fn respond(req: Request<Incoming>, cfg: &OriginBuilder) -> Response<Body> 
             // RFC 9110 §6.6.2: announce the trailer (hyper's HTTP/1.1 server sends only those).
             r.headers_mut()
                 .insert("trailer", HeaderValue::from_static("x-trailer"));
+            r
+        }
+        "cc" => {
+            let etag = HeaderValue::from_static("\"v1\"");
+            if req.headers().get(http::header::IF_NONE_MATCH) == Some(&etag) {
+                let mut r = Response::new(full(""));
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                r.headers_mut().insert(http::header::ETAG, etag);
+                return r;
+            }
+            let mut r = Response::new(full(format!("n={n}\n")));
+            r.headers_mut().insert("date", now_date());
+            if let Ok(v) = HeaderValue::from_str(&percent_decode(arg)) {
+                r.headers_mut().insert(http::header::CACHE_CONTROL, v);
+            }
+            r.headers_mut().insert(http::header::ETAG, etag);
+            r
+        }
+        "vary" => {
+            let ae = req
+                .headers()
+                .get(http::header::ACCEPT_ENCODING)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("none"));
+            let mut r = Response::new(full(ae.as_bytes().to_vec()));
+            let h = r.headers_mut();
+            h.insert("date", now_date());
+            h.insert(
+                http::header::VARY,
+                HeaderValue::from_static("Accept-Encoding"),
+            );
+            h.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=60"),
+            );
             r
         }
         _ => Response::new(full(vec![b'x'; cfg.body_size])),

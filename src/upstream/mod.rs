@@ -156,6 +156,7 @@ pub struct Outgoing {
 }
 
 /// The request head: headers already translated (no hop-by-hop, no Host).
+#[derive(Debug, Clone)]
 pub struct OutHead {
     /// Method (any, extension methods included).
     pub method: Method,

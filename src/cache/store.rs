@@ -1,0 +1,163 @@
+//! The response store: a moka cache weighed by bytes, keyed by the primary key (the rendered
+//! key template), holding the variants selected by `Vary` (RFC 9111 §4.1); and the flights
+//! that collapse concurrent misses and refreshes of one key into one origin request.
+//!
+//! Synchronous (moka's `sync::Cache`): lookups and inserts are short and happen inside body
+//! polling, where nothing may await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use tokio::sync::watch;
+
+use super::policy::{vary_matches, EntryMeta};
+
+/// Most variants kept per primary key.
+const MAX_VARIANTS: usize = 8;
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Stored {
+    /// Status.
+    pub status: StatusCode,
+    /// Header fields as stored (hop-by-hop removed).
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// Freshness and validation metadata.
+    pub meta: EntryMeta,
+}
+
+impl Stored {
+    fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>()
+            + 256
+    }
+}
+
+type Variants = Arc<Vec<Arc<Stored>>>;
+
+/// The cache of one gateway.
+pub struct Store {
+    cache: moka::sync::Cache<String, Variants>,
+    flights: Mutex<HashMap<String, watch::Receiver<bool>>>,
+}
+
+/// The result of [`Store::join`].
+pub enum Flight {
+    /// This request fetches; others wait until the guard is dropped.
+    Leader(FlightGuard),
+    /// Another request is fetching this key; wait for `changed()`.
+    Follower(watch::Receiver<bool>),
+}
+
+/// Held by the request fetching a key; dropping it wakes the followers.
+pub struct FlightGuard {
+    store: Arc<Store>,
+    key: String,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.store.flights_lock().remove(&self.key);
+        let _ = self.done.send(true);
+    }
+}
+
+impl Store {
+    /// A store of at most `max_bytes`.
+    pub fn new(max_bytes: u64) -> Arc<Store> {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &String, v: &Variants| {
+                let w = k.len() + v.iter().map(|s| s.weight()).sum::<usize>();
+                u32::try_from(w).unwrap_or(u32::MAX)
+            })
+            .build();
+        Arc::new(Store {
+            cache,
+            flights: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn flights_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<bool>>> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The variant of `key` whose `Vary` fields match this request.
+    pub fn lookup(&self, key: &str, req_headers: &HeaderMap) -> Option<Arc<Stored>> {
+        self.cache
+            .get(key)?
+            .iter()
+            .find(|s| vary_matches(&s.meta, req_headers))
+            .cloned()
+    }
+
+    /// Stores a response, replacing the variant with the same secondary key.
+    pub fn insert(&self, key: &str, stored: Stored) {
+        let secondary = stored.meta.secondary_key();
+        let stored = Arc::new(stored);
+        let mut list: Vec<Arc<Stored>> = self
+            .cache
+            .get(key)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default();
+        list.retain(|s| s.meta.secondary_key() != secondary);
+        list.insert(0, stored);
+        list.truncate(MAX_VARIANTS);
+        self.cache.insert(key.to_string(), Arc::new(list));
+    }
+
+    /// Removes every variant of `key`; returns whether there was one.
+    pub fn invalidate(&self, key: &str) -> bool {
+        self.cache.remove(key).is_some()
+    }
+
+    /// Removes every key starting with `prefix`; returns how many.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        let keys: Vec<Arc<String>> = self
+            .cache
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            self.cache.invalidate(k.as_str());
+        }
+        keys.len()
+    }
+
+    /// Entries and weighed size (approximate: moka applies writes lazily).
+    pub fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    /// Joins the flight for `key`: the first caller leads, later ones follow until it lands.
+    pub fn join(self: &Arc<Self>, key: &str) -> Flight {
+        let mut flights = self.flights_lock();
+        if let Some(rx) = flights.get(key) {
+            return Flight::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(false);
+        flights.insert(key.to_string(), rx);
+        Flight::Leader(FlightGuard {
+            store: self.clone(),
+            key: key.to_string(),
+            done: tx,
+        })
+    }
+
+    /// Whether a flight for `key` is under way (a refresh in the background, say).
+    pub fn in_flight(&self, key: &str) -> bool {
+        self.flights_lock().contains_key(key)
+    }
+}

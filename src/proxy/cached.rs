@@ -1,0 +1,396 @@
+//! The request path through the cache: look up, serve fresh hits, revalidate or refresh stale
+//! entries, serve stale where the policy allows it, collapse concurrent misses, and store
+//! storable responses while they stream to the client. Decisions come from
+//! `cache::policy`; this module only sequences them around the origin pool.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+
+use super::headers;
+use super::RespBody;
+use crate::cache::policy::{
+    conditional_request_headers, may_serve_stale, merge_304, request_allows_cached, storable,
+    storable_headers, validator_matches, CacheControl, EntryMeta, Serve, StaleReason,
+};
+use crate::cache::store::{Flight, FlightGuard, Stored};
+use crate::cache::CacheRt;
+use crate::error::Error;
+use crate::upstream::{BoxError, OriginPool, OutBody, OutHead, Outgoing, Upstream};
+
+/// `X-Cache-Status` values (nginx's `$upstream_cache_status`).
+pub type CacheStatus = &'static str;
+
+/// Serves a cacheable request (GET or HEAD without a body or Range).
+pub async fn serve(
+    c: &Arc<CacheRt>,
+    pool: &Arc<OriginPool>,
+    head: OutHead,
+    key: String,
+) -> (Result<Response<RespBody>, Error>, CacheStatus) {
+    let now = SystemTime::now();
+    if let Some(entry) = c.store.lookup(&key, &head.headers) {
+        match request_allows_cached(&head.headers, &entry.meta, now) {
+            Serve::Fresh => return (Ok(from_store(&entry, now)), "HIT"),
+            Serve::StaleAccepted => return (Ok(from_store(&entry, now)), "STALE"),
+            Serve::Miss => return miss(c, pool, head, key, false).await,
+            verdict => return stale(c, pool, head, key, entry, verdict, now).await,
+        }
+    }
+    if CacheControl::for_request(&head.headers).only_if_cached {
+        return (Err(Error::NotCached), "MISS");
+    }
+    miss(c, pool, head, key, true).await
+}
+
+/// A stored entry that needs validation: serve it while refreshing (`updating`), or revalidate.
+async fn stale(
+    c: &Arc<CacheRt>,
+    pool: &Arc<OriginPool>,
+    head: OutHead,
+    key: String,
+    entry: Arc<Stored>,
+    verdict: Serve,
+    now: SystemTime,
+) -> (Result<Response<RespBody>, Error>, CacheStatus) {
+    let updating = verdict == Serve::Expired
+        && may_serve_stale(&entry.meta, now, StaleReason::Updating, &c.policy);
+    let guard = match c.store.join(&key) {
+        Flight::Leader(g) => Some(g),
+        // Someone is refreshing this key already.
+        Flight::Follower(_) if updating => return (Ok(from_store(&entry, now)), "UPDATING"),
+        Flight::Follower(_) => None,
+    };
+    let background = c.background_update || entry.meta.directives.stale_while_revalidate.is_some();
+    if updating && background {
+        if let Some(g) = guard {
+            let (c, pool, entry2) = (c.clone(), pool.clone(), entry.clone());
+            tokio::spawn(async move {
+                let (r, _) = revalidate(&c, &pool, head, key, entry2, Some(g)).await;
+                // Read the refreshed body to the end so the entry is stored.
+                if let Ok(resp) = r {
+                    let _ = resp.into_body().collect().await;
+                }
+            });
+        }
+        return (Ok(from_store(&entry, now)), "UPDATING");
+    }
+    revalidate(c, pool, head, key, entry, guard).await
+}
+
+/// Asks the origin (conditionally, if the entry has validators); 304 refreshes the entry.
+async fn revalidate(
+    c: &Arc<CacheRt>,
+    pool: &Arc<OriginPool>,
+    head: OutHead,
+    key: String,
+    entry: Arc<Stored>,
+    guard: Option<FlightGuard>,
+) -> (Result<Response<RespBody>, Error>, CacheStatus) {
+    let mut cond = head.clone();
+    if c.revalidate {
+        // RFC 9111 §4.3.1: validators of the stored response.
+        cond.headers
+            .extend(conditional_request_headers(&entry.meta));
+    }
+    let t0 = SystemTime::now();
+    let result = pool
+        .send(Outgoing {
+            head: cond,
+            body: OutBody::Empty,
+        })
+        .await;
+    let now = SystemTime::now();
+    match result {
+        Ok(up)
+            if up.response.status() == StatusCode::NOT_MODIFIED
+                && validator_matches(&entry.headers, up.response.headers()) =>
+        {
+            // RFC 9111 §4.3.4: update the stored header fields, keep the stored content.
+            let merged = merge_304(&entry.headers, up.response.headers());
+            let meta = EntryMeta::new(&head.headers, entry.status, &merged, t0, now, &c.policy);
+            let stored = Stored {
+                status: entry.status,
+                headers: merged,
+                body: entry.body.clone(),
+                meta,
+            };
+            let resp = from_store(&stored, now);
+            // The 304 may have added no-store, private or Set-Cookie: check again.
+            if storable(
+                &Method::GET,
+                &head.headers,
+                stored.status,
+                &stored.headers,
+                &c.policy,
+            )
+            .is_ok()
+            {
+                c.store.insert(&key, stored);
+            } else {
+                c.store.invalidate(&key);
+            }
+            drop(guard);
+            (Ok(resp), "REVALIDATED")
+        }
+        Ok(up) => {
+            let status = up.response.status().as_u16();
+            if may_serve_stale(&entry.meta, now, StaleReason::Status(status), &c.policy) {
+                return (Ok(from_store(&entry, now)), "STALE");
+            }
+            (
+                Ok(store_while_streaming(c, key, &head, up, t0, guard)),
+                "EXPIRED",
+            )
+        }
+        Err(e) => {
+            if may_serve_stale(&entry.meta, now, stale_reason(&e), &c.policy) {
+                tracing::info!(error = %e, "origin failed: serving stale");
+                return (Ok(from_store(&entry, now)), "STALE");
+            }
+            (Err(e), "EXPIRED")
+        }
+    }
+}
+
+/// Nothing usable stored: fetch (one request per key when `lock` is on) and store.
+async fn miss(
+    c: &Arc<CacheRt>,
+    pool: &Arc<OriginPool>,
+    head: OutHead,
+    key: String,
+    collapse: bool,
+) -> (Result<Response<RespBody>, Error>, CacheStatus) {
+    if head.method == Method::HEAD {
+        // A HEAD response carries no content to store; forward it as is.
+        let r = pool
+            .send(Outgoing {
+                head,
+                body: OutBody::Empty,
+            })
+            .await;
+        return (r.map(into_client), "MISS");
+    }
+    let mut guard = None;
+    if collapse && c.lock {
+        match c.store.join(&key) {
+            Flight::Leader(g) => guard = Some(g),
+            Flight::Follower(mut rx) => {
+                // Wait for the leader's response to land, then serve it from the store.
+                let _ = tokio::time::timeout(c.lock_timeout, rx.wait_for(|done| *done)).await;
+                let now = SystemTime::now();
+                if let Some(entry) = c.store.lookup(&key, &head.headers) {
+                    if request_allows_cached(&head.headers, &entry.meta, now) == Serve::Fresh {
+                        return (Ok(from_store(&entry, now)), "HIT");
+                    }
+                }
+                // Uncacheable, failed or too slow: go to the origin ourselves.
+            }
+        }
+    }
+    let t0 = SystemTime::now();
+    let req_headers = head.headers.clone();
+    let result = pool
+        .send(Outgoing {
+            head,
+            body: OutBody::Empty,
+        })
+        .await;
+    match result {
+        Ok(up) => {
+            let head_only = OutHead {
+                headers: req_headers,
+                ..placeholder_head()
+            };
+            (
+                Ok(store_while_streaming(c, key, &head_only, up, t0, guard)),
+                "MISS",
+            )
+        }
+        Err(e) => (Err(e), "MISS"),
+    }
+}
+
+fn placeholder_head() -> OutHead {
+    OutHead {
+        method: Method::GET,
+        authority: http::uri::Authority::from_static("cache.invalid"),
+        path_and_query: http::uri::PathAndQuery::from_static("/"),
+        headers: http::HeaderMap::new(),
+    }
+}
+
+/// Passes the origin's response to the client; if it is storable (and not too large), keeps a
+/// copy as it streams and stores it at the end. Followers of `guard` wake when it is stored
+/// (or when storing is abandoned).
+fn store_while_streaming(
+    c: &Arc<CacheRt>,
+    key: String,
+    req: &OutHead,
+    up: Upstream,
+    request_time: SystemTime,
+    guard: Option<FlightGuard>,
+) -> Response<RespBody> {
+    let response_time = SystemTime::now();
+    let resp = into_client(up);
+    let (parts, body) = resp.into_parts();
+    let small_enough = body
+        .size_hint()
+        .upper()
+        .is_none_or(|n| n <= c.max_object_size);
+    let ok = small_enough
+        && storable(
+            &Method::GET,
+            &req.headers,
+            parts.status,
+            &parts.headers,
+            &c.policy,
+        )
+        .is_ok();
+    if !ok {
+        return Response::from_parts(parts, body);
+    }
+    let meta = EntryMeta::new(
+        &req.headers,
+        parts.status,
+        &parts.headers,
+        request_time,
+        response_time,
+        &c.policy,
+    );
+    let pending = Pending {
+        cache: c.clone(),
+        key,
+        status: parts.status,
+        headers: storable_headers(&parts.headers, response_time, &c.policy),
+        meta,
+        _guard: guard,
+    };
+    let tee = Tee {
+        inner: body,
+        buf: BytesMut::new(),
+        limit: c.max_object_size,
+        pending: Some(pending),
+    };
+    Response::from_parts(parts, tee.boxed_unsync())
+}
+
+fn into_client(up: Upstream) -> Response<RespBody> {
+    let (mut parts, body) = up.response.into_parts();
+    headers::response_to_client(&mut parts.headers);
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// A stored response as the client gets it: stored fields, a generated `Age` (RFC 9111 §5.1).
+fn from_store(s: &Stored, now: SystemTime) -> Response<RespBody> {
+    let mut r = Response::new(
+        Full::new(s.body.clone())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = s.status;
+    *r.headers_mut() = s.headers.clone();
+    r.headers_mut().insert(
+        header::AGE,
+        HeaderValue::from(s.meta.current_age(now).as_secs()),
+    );
+    r
+}
+
+/// What nginx's use_stale word an origin failure corresponds to.
+fn stale_reason(e: &Error) -> StaleReason {
+    match e {
+        Error::ConnectTimeout | Error::TlsTimeout | Error::ResponseTimeout => StaleReason::Timeout,
+        Error::Protocol(_) => StaleReason::InvalidHeader,
+        _ => StaleReason::Error,
+    }
+}
+
+/// A response being stored once its body is complete.
+struct Pending {
+    cache: Arc<CacheRt>,
+    key: String,
+    status: StatusCode,
+    headers: http::HeaderMap,
+    meta: EntryMeta,
+    _guard: Option<FlightGuard>,
+}
+
+/// Streams the body to the client and keeps a copy (up to `limit`); stores it at the end.
+/// Dropped early, over the limit, with trailers or on error: nothing is stored, and the
+/// flight guard inside `pending` wakes the followers so they go to the origin.
+struct Tee {
+    inner: RespBody,
+    buf: BytesMut,
+    limit: u64,
+    pending: Option<Pending>,
+}
+
+impl Tee {
+    /// The body is complete: store it (once), then release the flight.
+    fn finish(&mut self) {
+        if let Some(p) = self.pending.take() {
+            let body = std::mem::take(&mut self.buf).freeze();
+            p.cache.store.insert(
+                &p.key,
+                Stored {
+                    status: p.status,
+                    headers: p.headers,
+                    body,
+                    meta: p.meta,
+                },
+            );
+            // `p` (and its flight guard) drops here, after the insert.
+        }
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.as_mut().get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => match f.data_ref() {
+                Some(d) if this.pending.is_some() => {
+                    if (this.buf.len() + d.len()) as u64 > this.limit {
+                        this.pending = None;
+                        this.buf = BytesMut::new();
+                    } else {
+                        this.buf.extend_from_slice(d);
+                    }
+                }
+                Some(_) => {}
+                // Trailers are not stored: do not store a response that has them.
+                None => this.pending = None,
+            },
+            Poll::Ready(Some(Err(_))) => this.pending = None,
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
+        }
+        // hyper stops polling once a body reports its end: store on the last frame too.
+        if matches!(r, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream() {
+            this.finish();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

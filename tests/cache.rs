@@ -1,0 +1,271 @@
+//! The response cache end to end: RFC 9111 storage and freshness, revalidation, Vary, the
+//! nginx-style use-stale rules (error, timeout, http_503, updating with one background
+//! refresh), request collapsing, invalidation, the host in the key, and X-Cache-Status.
+//! The origin is the test-kit origin: `/cc/<Cache-Control>` answers with that Cache-Control, an
+//! ETag and a body naming its request number.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::Empty;
+use muxgate::testkit::origin::{Origin, RunningOrigin};
+use muxgate::testkit::pki::PkiFiles;
+use muxgate::Gateway;
+use support::*;
+
+async fn setup(cache: &str, origin_extra: &str) -> (Gateway, RunningOrigin, PkiFiles) {
+    setup_with(Origin::h2(), cache, origin_extra).await
+}
+
+async fn setup_with(
+    b: muxgate::testkit::origin::OriginBuilder,
+    cache: &str,
+    origin_extra: &str,
+) -> (Gateway, RunningOrigin, PkiFiles) {
+    init();
+    let (pki, files) = pki();
+    let origin = b.start(&pki).await.expect("origin");
+    let toml = gateway_toml(
+        "",
+        &format!(
+            "{}\n[cache]\nenabled = true\n{cache}\n",
+            origin_toml(
+                "app",
+                &["*"],
+                &https_url(&origin),
+                Some(&files.ca),
+                origin_extra
+            )
+        ),
+    );
+    (start_gateway(&toml).await, origin, files)
+}
+
+fn requests(o: &RunningOrigin) -> u64 {
+    o.stats.requests.load(Ordering::SeqCst)
+}
+
+async fn fetch(gw: &Gateway, path: &str) -> Resp {
+    get(gw.http_addrs[0], "app.test", path).await
+}
+
+fn status(r: &Resp) -> &str {
+    r.header("x-cache-status").unwrap_or("<none>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_response_is_a_hit_with_age_and_no_origin_request() {
+    let (gw, origin, _f) = setup("", "").await;
+    let a = fetch(&gw, "/cc/max-age=60").await;
+    assert_eq!((a.status.as_u16(), status(&a)), (200, "MISS"));
+    let b = fetch(&gw, "/cc/max-age=60").await;
+    assert_eq!((b.status.as_u16(), status(&b)), (200, "HIT"));
+    assert_eq!(a.body, b.body, "stored body replayed");
+    assert!(b.header("age").is_some());
+    assert_eq!(b.header("etag"), Some("\"v1\""), "stored fields replayed");
+    assert_eq!(requests(&origin), 1);
+    let m = gw.metrics().render();
+    assert_eq!(
+        metric_value(&m, "muxgate_cache_requests_total{status=\"HIT\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_store_and_private_are_never_stored() {
+    let (gw, origin, _f) = setup("", "").await;
+    for path in ["/cc/no-store", "/cc/private,%20max-age=60", "/"] {
+        let before = requests(&origin);
+        assert_eq!(status(&fetch(&gw, path).await), "MISS");
+        assert_eq!(status(&fetch(&gw, path).await), "MISS", "{path}");
+        assert_eq!(requests(&origin) - before, 2, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entry_with_etag_is_revalidated_with_304() {
+    let (gw, origin, _f) = setup("", "").await;
+    let a = fetch(&gw, "/cc/max-age=0").await;
+    assert_eq!(status(&a), "MISS");
+    let b = fetch(&gw, "/cc/max-age=0").await;
+    assert_eq!((b.status.as_u16(), status(&b)), (200, "REVALIDATED"));
+    assert_eq!(a.body, b.body, "304 serves the stored body");
+    assert_eq!(requests(&origin), 2, "one conditional request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_accept_encoding_keeps_separate_variants() {
+    let (gw, origin, _f) = setup("", "").await;
+    let mut c = Client::connect(gw.http_addrs[0]).await;
+    let req = |ae: &str| {
+        Request::get("/vary")
+            .header("host", "app.test")
+            .header("accept-encoding", ae)
+            .body(Empty::new())
+            .expect("request")
+    };
+    let g1 = c.send(req("gzip")).await;
+    let b1 = c.send(req("br")).await;
+    let g2 = c.send(req("gzip")).await;
+    let b2 = c.send(req("br")).await;
+    assert_eq!((status(&g1), status(&b1)), ("MISS", "MISS"));
+    assert_eq!((status(&g2), status(&b2)), ("HIT", "HIT"));
+    assert_eq!(g2.text(), "gzip");
+    assert_eq!(b2.text(), "br");
+    assert_eq!(requests(&origin), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_down_serves_stale_for_error() {
+    let (gw, origin, _f) = setup("use_stale = [\"error\"]", "connect_timeout = \"1s\"").await;
+    let a = fetch(&gw, "/cc/max-age=1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    drop(origin);
+    // The pooled connection dies with the origin; the next dial is refused.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = fetch(&gw, "/cc/max-age=1").await;
+    assert_eq!(
+        (b.status.as_u16(), status(&b)),
+        (200, "STALE"),
+        "{}",
+        b.text()
+    );
+    assert_eq!(a.body, b.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_use_stale_the_error_reaches_the_client() {
+    let (gw, origin, _f) = setup("", "connect_timeout = \"1s\"").await;
+    fetch(&gw, "/cc/max-age=1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    drop(origin);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = fetch(&gw, "/cc/max-age=1").await;
+    assert_eq!(b.status, 502, "{}", b.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn must_revalidate_forbids_stale_even_when_configured() {
+    let (gw, origin, _f) = setup("use_stale = [\"error\", \"http_503\"]", "").await;
+    fetch(&gw, "/cc/max-age=1,%20must-revalidate").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.force_status.store(503, Ordering::SeqCst);
+    let b = fetch(&gw, "/cc/max-age=1,%20must-revalidate").await;
+    assert_eq!(b.status, 503, "{}", b.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_503_serves_stale_for_http_503() {
+    let (gw, origin, _f) = setup("use_stale = [\"http_503\"]", "").await;
+    let a = fetch(&gw, "/cc/max-age=1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.force_status.store(503, Ordering::SeqCst);
+    let b = fetch(&gw, "/cc/max-age=1").await;
+    assert_eq!((b.status.as_u16(), status(&b)), (200, "STALE"));
+    assert_eq!(a.body, b.body);
+    // Not listed: a 500 passes through.
+    origin.force_status.store(500, Ordering::SeqCst);
+    assert_eq!(fetch(&gw, "/cc/max-age=1").await.status, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_origin_serves_stale_for_timeout() {
+    let (gw, origin, _f) = setup(
+        "use_stale = [\"timeout\"]",
+        "response_header_timeout = \"300ms\"",
+    )
+    .await;
+    let a = fetch(&gw, "/cc/max-age=1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.force_delay_ms.store(2000, Ordering::SeqCst);
+    let t0 = std::time::Instant::now();
+    let b = fetch(&gw, "/cc/max-age=1").await;
+    assert_eq!((b.status.as_u16(), status(&b)), (200, "STALE"));
+    assert_eq!(a.body, b.body);
+    assert!(t0.elapsed() < Duration::from_millis(1500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updating_serves_stale_while_exactly_one_background_refresh_runs() {
+    let (gw, origin, _f) = setup("use_stale = [\"updating\"]\nbackground_update = true", "").await;
+    fetch(&gw, "/cc/max-age=1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The refresh is slow, so all of these arrive while it runs.
+    origin.force_delay_ms.store(500, Ordering::SeqCst);
+    let before = requests(&origin);
+    let rs = get_concurrent(gw.http_addrs[0], "app.test", "/cc/max-age=1", 20).await;
+    for r in &rs {
+        assert_eq!((r.status.as_u16(), status(r)), (200, "UPDATING"));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        requests(&origin) - before,
+        1,
+        "exactly one background request"
+    );
+    origin.force_delay_ms.store(0, Ordering::SeqCst);
+    let after = fetch(&gw, "/cc/max-age=1").await;
+    assert_eq!(status(&after), "HIT", "the refresh was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_misses_send_one_origin_request() {
+    let (gw, origin, _f) = setup_with(Origin::h2().delay(Duration::from_millis(300)), "", "").await;
+    let rs = get_concurrent(gw.http_addrs[0], "app.test", "/cc/max-age=60", 100).await;
+    assert!(rs.iter().all(|r| r.status == 200));
+    assert_eq!(requests(&origin), 1, "collapsed");
+    assert_eq!(rs.iter().filter(|r| status(r) == "MISS").count(), 1);
+    assert!(rs.iter().all(|r| r.body == rs[0].body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_method_invalidates_and_bypasses() {
+    let (gw, origin, _f) = setup("", "").await;
+    fetch(&gw, "/cc/max-age=60").await;
+    assert_eq!(status(&fetch(&gw, "/cc/max-age=60").await), "HIT");
+    let mut c = Client::connect(gw.http_addrs[0]).await;
+    let post = Request::post("/cc/max-age=60")
+        .header("host", "app.test")
+        .body(Empty::new())
+        .expect("request");
+    let p = c.send(post).await;
+    assert_eq!(status(&p), "BYPASS");
+    assert_eq!(status(&fetch(&gw, "/cc/max-age=60").await), "MISS");
+    assert_eq!(requests(&origin), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_includes_the_host_and_range_bypasses() {
+    let (gw, origin, _f) = setup("", "").await;
+    assert_eq!(
+        status(&get(gw.http_addrs[0], "a.test", "/cc/max-age=60").await),
+        "MISS"
+    );
+    assert_eq!(
+        status(&get(gw.http_addrs[0], "b.test", "/cc/max-age=60").await),
+        "MISS"
+    );
+    assert_eq!(
+        status(&get(gw.http_addrs[0], "a.test", "/cc/max-age=60").await),
+        "HIT"
+    );
+    let mut c = Client::connect(gw.http_addrs[0]).await;
+    let range = Request::get("/cc/max-age=60")
+        .header("host", "a.test")
+        .header("range", "bytes=0-1")
+        .body(Empty::new())
+        .expect("request");
+    assert_eq!(status(&c.send(range).await), "BYPASS");
+    assert_eq!(requests(&origin), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_makes_responses_without_freshness_cacheable() {
+    let (gw, origin, _f) = setup("valid = { \"200\" = \"60s\" }", "").await;
+    assert_eq!(status(&fetch(&gw, "/").await), "MISS");
+    assert_eq!(status(&fetch(&gw, "/").await), "HIT");
+    assert_eq!(requests(&origin), 1);
+}
