@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz`, `/metrics` (Prometheus text), `/pool` (JSON view of every
-//! origin's connections). Separate from client traffic; never proxies.
+//! origin's connections), `POST /cache/purge?key=K` or `?prefix=P` (drops stored responses;
+//! answers the count). Separate from client traffic; never proxies.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,11 +47,19 @@ pub async fn serve(
 fn route(req: &Request<Incoming>, proxy: &Proxy, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
+        "/metrics" => {
+            if let Some(c) = proxy.cache() {
+                let (entries, bytes) = c.store.usage();
+                metrics.cache_entries.set(entries as i64);
+                metrics.cache_size_bytes.set(bytes as i64);
+            }
+            (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics.render(),
+            )
+        }
+        "/cache/purge" => purge(req, proxy),
         "/pool" => (StatusCode::OK, "application/json", pool_json(proxy)),
         _ => (
             StatusCode::NOT_FOUND,
@@ -65,6 +74,66 @@ fn route(req: &Request<Incoming>, proxy: &Proxy, metrics: &Metrics) -> Response<
         header::HeaderValue::from_static(ctype),
     );
     r
+}
+
+/// `POST /cache/purge?key=K` drops one key; `?prefix=P` every key starting with P. Keys are
+/// the rendered `[cache] key` template, e.g. `http://example.com/path?q`.
+fn purge(req: &Request<Incoming>, proxy: &Proxy) -> (StatusCode, &'static str, String) {
+    if req.method() != http::Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST\n".into(),
+        );
+    }
+    let Some(cache) = proxy.cache() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "cache disabled\n".into(),
+        );
+    };
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(percent_decode)
+    };
+    let n = if let Some(k) = param("key") {
+        usize::from(cache.store.invalidate(&k))
+    } else if let Some(p) = param("prefix") {
+        cache.store.purge_prefix(&p)
+    } else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "need ?key= or ?prefix=\n".into(),
+        );
+    };
+    (StatusCode::OK, "text/plain", format!("purged {n}\n"))
+}
+
+/// Decodes `%XX` escapes and `+` (query-string form).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn pool_json(proxy: &Proxy) -> String {

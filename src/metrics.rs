@@ -46,6 +46,10 @@ pub struct Metrics {
     pub request_duration_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// `muxgate_cache_requests_total{status}`
     pub cache_requests_total: Family<Labels, Counter>,
+    /// `muxgate_cache_entries` (extension): stored keys.
+    pub cache_entries: Gauge,
+    /// `muxgate_cache_size_bytes` (extension): weighed size of the store.
+    pub cache_size_bytes: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +69,8 @@ impl Metrics {
             requests_total: Family::default(),
             request_duration_seconds: Family::new_with_constructor(histogram),
             cache_requests_total: Family::default(),
+            cache_entries: Gauge::default(),
+            cache_size_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -126,6 +132,16 @@ impl Metrics {
             "cache_requests",
             "Cache lookups by X-Cache-Status",
             m.cache_requests_total.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Keys in the response cache",
+            m.cache_entries.clone(),
+        );
+        registry.register(
+            "cache_size_bytes",
+            "Weighed size of the response cache",
+            m.cache_size_bytes.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

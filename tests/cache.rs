@@ -14,6 +14,7 @@ use http_body_util::Empty;
 use muxgate::testkit::origin::{Origin, RunningOrigin};
 use muxgate::testkit::pki::PkiFiles;
 use muxgate::Gateway;
+use support::proxy_kit::RawConn;
 use support::*;
 
 async fn setup(cache: &str, origin_extra: &str) -> (Gateway, RunningOrigin, PkiFiles) {
@@ -268,4 +269,48 @@ async fn valid_makes_responses_without_freshness_cacheable() {
     assert_eq!(status(&fetch(&gw, "/").await), "MISS");
     assert_eq!(status(&fetch(&gw, "/").await), "HIT");
     assert_eq!(requests(&origin), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_served_from_the_stored_get() {
+    let (gw, origin, _f) = setup("", "").await;
+    fetch(&gw, "/cc/max-age=60").await;
+    let mut c = RawConn::connect(gw.http_addrs[0]).await;
+    c.send(b"HEAD /cc/max-age=60 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let r = c.read_response(true).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-cache-status"), Some("HIT"));
+    assert!(r.body.is_empty());
+    assert_eq!(requests(&origin), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_key_and_prefix_and_size_gauges() {
+    let (gw, origin, _f) = setup("", "").await;
+    for p in ["/cc/max-age=60", "/cc/max-age=61", "/cc/max-age=62"] {
+        fetch(&gw, p).await;
+    }
+    let m = admin_get(&gw, "/metrics").await.text();
+    assert_eq!(metric_value(&m, "muxgate_cache_entries"), Some(3.0));
+    assert!(metric_value(&m, "muxgate_cache_size_bytes").unwrap_or(0.0) > 0.0);
+    let admin = gw.admin_addr.expect("admin");
+    let purge = |q: &'static str| async move {
+        let mut c = Client::connect(admin).await;
+        c.send(
+            Request::post(format!("/cache/purge?{q}"))
+                .header("host", "admin")
+                .body(Empty::new())
+                .expect("request"),
+        )
+        .await
+    };
+    let r = purge("key=http%3A%2F%2Fapp.test%2Fcc%2Fmax-age%3D60").await;
+    assert_eq!(r.text(), "purged 1\n");
+    assert_eq!(status(&fetch(&gw, "/cc/max-age=60").await), "MISS");
+    assert_eq!(status(&fetch(&gw, "/cc/max-age=61").await), "HIT");
+    let r = purge("prefix=http%3A%2F%2Fapp.test%2Fcc%2F").await;
+    assert_eq!(r.text(), "purged 3\n");
+    assert_eq!(status(&fetch(&gw, "/cc/max-age=62").await), "MISS");
+    assert_eq!(requests(&origin), 5);
 }

@@ -114,6 +114,11 @@ impl Proxy {
             .find(|p| p.name() == name)
     }
 
+    /// The response cache, when enabled.
+    pub fn cache(&self) -> Option<&Arc<CacheRt>> {
+        self.cache.as_ref()
+    }
+
     /// All origin pools.
     pub fn origins(&self) -> impl Iterator<Item = &Arc<OriginPool>> {
         self.routes.iter().map(|r| &r.pool)

@@ -301,26 +301,6 @@ fn now_date() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
-/// Decodes `%XX` escapes (enough for Cache-Control values in a path).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
-            if let Ok(v) = u8::from_str_radix(hex, 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 async fn respond(req: Request<Incoming>, cfg: &OriginBuilder, n: u64) -> Response<Body> {
     let path = req.uri().path().to_string();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
@@ -425,7 +405,7 @@ async fn respond(req: Request<Incoming>, cfg: &OriginBuilder, n: u64) -> Respons
             }
             let mut r = Response::new(full(format!("n={n}\n")));
             r.headers_mut().insert("date", now_date());
-            if let Ok(v) = HeaderValue::from_str(&percent_decode(arg)) {
+            if let Ok(v) = HeaderValue::from_str(&crate::admin::percent_decode(arg)) {
                 r.headers_mut().insert(http::header::CACHE_CONTROL, v);
             }
             r.headers_mut().insert(http::header::ETAG, etag);
