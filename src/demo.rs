@@ -30,6 +30,8 @@ pub struct DemoOpts {
     pub direct: bool,
     /// The origin's `min_connections`.
     pub min_connections: usize,
+    /// Also measure cache hits (1 KiB, 100 KiB) against the miss path.
+    pub cache: bool,
     /// Keep running after the report, listening here.
     pub serve: Option<SocketAddr>,
 }
@@ -43,6 +45,7 @@ impl Default for DemoOpts {
             max_streams: 128,
             direct: false,
             min_connections: 1,
+            cache: false,
             serve: None,
         }
     }
@@ -87,7 +90,10 @@ hosts = ["*"]
 url = "https://localhost:{port}"
 tls_ca = "{ca}"
 min_connections = {min}
+[cache]
+enabled = {cache}
 "#,
+        cache = opts.cache,
         min = opts.min_connections,
         port = origin.addr.port(),
         ca = files.ca.display().to_string().replace('\\', "\\\\"),
@@ -160,6 +166,9 @@ min_connections = {min}
         origin.stats.get(|s| &s.resumed_handshakes) - resumed_before,
         origin.stats.requests.load(Ordering::SeqCst) - requests_before,
     );
+    if opts.cache {
+        cache_report(&gw, gw_addr, &origin, &opts).await;
+    }
     if opts.serve.is_some() {
         println!();
         println!(
@@ -178,4 +187,41 @@ min_connections = {min}
         ));
     }
     Ok(())
+}
+
+/// Cache hits for a 1 KiB and a 100 KiB object next to the miss path (uncached 1 KiB), same run.
+async fn cache_report(
+    gw: &Gateway,
+    addr: SocketAddr,
+    origin: &crate::testkit::origin::RunningOrigin,
+    opts: &DemoOpts,
+) {
+    let run = |path: &str, requests: usize| LoadSpec {
+        target: addr,
+        tls: None,
+        host: "demo.test".into(),
+        path: path.into(),
+        connections: opts.clients,
+        requests,
+    };
+    println!("cache (same gateway, same run):");
+    for (label, path, n) in [
+        ("  miss path, 1 KiB (origin):", "/bytes/1024", opts.requests),
+        ("  cache hit, 1 KiB:", "/cached/1024", opts.requests),
+        ("  cache hit, 100 KiB:", "/cached/102400", opts.requests / 4),
+    ] {
+        let before = origin.stats.get(|s| &s.requests);
+        let r = load::run(run(path, n)).await;
+        println!(
+            "{}   origin requests {}",
+            line(label, &r),
+            origin.stats.get(|s| &s.requests) - before
+        );
+    }
+    let m = gw.metrics().render();
+    let hits = m
+        .lines()
+        .find_map(|l| l.strip_prefix("muxgate_cache_requests_total{status=\"HIT\"} "))
+        .unwrap_or("0");
+    println!("  X-Cache-Status HIT count: {hits}");
 }

@@ -53,6 +53,9 @@ enum Cmd {
         /// The origin's min_connections.
         #[arg(long, default_value_t = 1)]
         min_connections: usize,
+        /// Enable the cache and also measure hits (1 KiB, 100 KiB) next to the miss path.
+        #[arg(long)]
+        cache: bool,
         /// Keep serving after the report (on 127.0.0.1:8080 unless --listen).
         #[arg(long)]
         serve: bool,
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
             max_streams,
             direct,
             min_connections,
+            cache,
             serve,
             listen,
         } => {
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
                 max_streams,
                 direct,
                 min_connections,
+                cache,
                 serve: serve.then_some(listen),
             };
             match rt.block_on(demo::run(opts)) {

@@ -26,6 +26,7 @@ pub struct ControlOrigin {
     reset_all: bool,
     delay: Duration,
     tls12_only: bool,
+    end_stream_after: Option<Duration>,
 }
 
 /// What the origin saw.
@@ -45,6 +46,9 @@ pub struct ControlStats {
     pub reset: AtomicU64,
     /// Graceful GOAWAYs started.
     pub goaways: AtomicU64,
+    /// Streams the client reset while the response waited for its END_STREAM
+    /// (with `end_stream_after`).
+    pub client_resets: AtomicU64,
 }
 
 impl ControlStats {
@@ -96,6 +100,12 @@ impl ControlOrigin {
     /// Delay before each response.
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
+        self
+    }
+    /// Send the body (with `Content-Length`) without END_STREAM, and END_STREAM in an empty DATA
+    /// frame this much later, as origins that stream their bodies do.
+    pub fn end_stream_after(mut self, d: Duration) -> Self {
+        self.end_stream_after = Some(d);
         self
     }
     /// TLS 1.2 only.
@@ -178,7 +188,7 @@ async fn serve(
             stats.reset.fetch_add(1, Ordering::SeqCst);
             respond.send_reset(h2::Reason::INTERNAL_ERROR);
         } else {
-            let (delay, stats) = (cfg.delay, stats.clone());
+            let (delay, stats, split) = (cfg.delay, stats.clone(), cfg.end_stream_after);
             tokio::spawn(async move {
                 let mut body = req.into_body();
                 while let Some(Ok(d)) = body.data().await {
@@ -187,11 +197,27 @@ async fn serve(
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let resp = Response::builder().status(StatusCode::OK).body(());
+                let resp = Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-length", "3")
+                    .body(());
                 if let Ok(resp) = resp {
                     if let Ok(mut send) = respond.send_response(resp, false) {
-                        if send.send_data(Bytes::from_static(b"ok\n"), true).is_ok() {
+                        if send
+                            .send_data(Bytes::from_static(b"ok\n"), split.is_none())
+                            .is_ok()
+                        {
                             stats.answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if let Some(d) = split {
+                            tokio::select! {
+                                _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => {
+                                    stats.client_resets.fetch_add(1, Ordering::SeqCst);
+                                }
+                                _ = tokio::time::sleep(d) => {
+                                    let _ = send.send_data(Bytes::new(), true);
+                                }
+                            }
                         }
                     }
                 }

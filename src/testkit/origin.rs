@@ -14,6 +14,7 @@
 //! - `/trailers`: a body followed by a trailer `x-trailer: done`.
 //! - `/cc/VALUE`: `Cache-Control: VALUE` (percent-decoded), `ETag: "v1"`, body `n=<requests>`;
 //!   answers `If-None-Match: "v1"` with 304.
+//! - `/cached/N`: N bytes with `Cache-Control: max-age=3600`.
 //! - `/vary`: `Vary: Accept-Encoding`, `Cache-Control: max-age=60`, body = the request's
 //!   Accept-Encoding.
 //!
@@ -312,6 +313,16 @@ async fn respond(req: Request<Incoming>, cfg: &OriginBuilder, n: u64) -> Respons
             let mut r = Response::new(stream_bytes(n));
             r.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            r
+        }
+        "cached" => {
+            let n: usize = arg.parse().unwrap_or(0);
+            let mut r = Response::new(full(vec![b'c'; n]));
+            r.headers_mut().insert("date", now_date());
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=3600"),
+            );
             r
         }
         "sink" => {

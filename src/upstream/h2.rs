@@ -690,10 +690,16 @@ async fn pump(mut body: UpBody, mut stream: SendStream<Bytes>) {
 
 /// A response body read from an h2 stream: gives back flow-control credit as data is handed on
 /// (so a slow client slows the origin), then yields trailers.
+///
+/// Dropped after all `Content-Length` bytes arrived but before the origin's END_STREAM (hyper
+/// stops reading a body at its declared length), it waits for that END_STREAM in the
+/// background instead of resetting the stream: a reset per response would look like a
+/// rapid-reset attack to the origin (and trips h2's own limit on locally reset streams).
 pub struct H2Body {
-    recv: RecvStream,
+    recv: Option<RecvStream>,
     data_done: bool,
     length: Option<u64>,
+    received: u64,
 }
 
 impl H2Body {
@@ -704,10 +710,33 @@ impl H2Body {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         H2Body {
-            recv,
+            recv: Some(recv),
             data_done: false,
             length,
+            received: 0,
         }
+    }
+}
+
+impl Drop for H2Body {
+    fn drop(&mut self) {
+        let Some(mut recv) = self.recv.take() else {
+            return;
+        };
+        let complete = self.length.is_some_and(|n| self.received >= n);
+        if recv.is_end_stream() || !complete {
+            // Ended, or abandoned mid-body (client gone): dropping resets it, as it should.
+            return;
+        }
+        tokio::spawn(async move {
+            let drain = async {
+                while let Some(Ok(d)) = recv.data().await {
+                    let _ = recv.flow_control().release_capacity(d.len());
+                }
+                let _ = recv.trailers().await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+        });
     }
 }
 
@@ -721,10 +750,14 @@ impl Body for H2Body {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use std::task::Poll;
         let this = self.as_mut().get_mut();
+        let Some(recv) = this.recv.as_mut() else {
+            return Poll::Ready(None);
+        };
         if !this.data_done {
-            match this.recv.poll_data(cx) {
+            match recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(d))) => {
-                    let _ = this.recv.flow_control().release_capacity(d.len());
+                    let _ = recv.flow_control().release_capacity(d.len());
+                    this.received += d.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
@@ -732,7 +765,7 @@ impl Body for H2Body {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        match this.recv.poll_trailers(cx) {
+        match recv.poll_trailers(cx) {
             Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Poll::Ready(Ok(None)) => Poll::Ready(None),
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
@@ -741,7 +774,7 @@ impl Body for H2Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.recv.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
