@@ -207,3 +207,47 @@ async fn max_connection_age_rotates_with_resumption_tls13() {
 async fn max_connection_age_rotates_with_resumption_tls12() {
     rotation(true).await;
 }
+
+async fn aborting(extra: &str) -> (Gateway, RunningControl, PkiFiles) {
+    init();
+    let pki = Pki::localhost().expect("pki");
+    let origin = ControlOrigin::new()
+        .abort_first(1)
+        .start(&pki)
+        .await
+        .expect("origin");
+    let (gw, files) = gateway(&origin, &pki, extra).await;
+    (gw, origin, files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_lost_mid_request_is_a_502_by_default() {
+    let (gw, origin, _files) = aborting("").await;
+    let r = get(gw.http_addrs[0], "app.test", "/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    // The origin saw the request once: never duplicated without opt-in.
+    assert_eq!(origin.stats.get(|s| &s.received), 1);
+    assert_eq!(retries(&gw, "idempotent"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_idempotent_retries_a_get_once() {
+    let (gw, origin, _files) = aborting("retry_idempotent = true").await;
+    let r = get(gw.http_addrs[0], "app.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(origin.stats.get(|s| &s.received), 2);
+    assert_eq!(retries(&gw, "idempotent"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_idempotent_never_retries_a_post() {
+    let (gw, origin, _files) = aborting("retry_idempotent = true").await;
+    let mut c = Client::connect(gw.http_addrs[0]).await;
+    let post = http::Request::post("/")
+        .header("host", "app.test")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let r = c.send(post).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(origin.stats.get(|s| &s.received), 1);
+}

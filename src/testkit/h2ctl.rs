@@ -27,6 +27,7 @@ pub struct ControlOrigin {
     delay: Duration,
     tls12_only: bool,
     end_stream_after: Option<Duration>,
+    abort_first: u64,
 }
 
 /// What the origin saw.
@@ -46,6 +47,10 @@ pub struct ControlStats {
     pub reset: AtomicU64,
     /// Graceful GOAWAYs started.
     pub goaways: AtomicU64,
+    /// Requests received (every stream, whatever happened to it).
+    pub received: AtomicU64,
+    /// Connections closed abruptly by `abort_first`.
+    pub aborted: AtomicU64,
     /// Streams the client reset while the response waited for its END_STREAM
     /// (with `end_stream_after`).
     pub client_resets: AtomicU64,
@@ -100,6 +105,12 @@ impl ControlOrigin {
     /// Delay before each response.
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
+        self
+    }
+    /// Close the TCP connection abruptly (no GOAWAY, no response) on receiving each of the first
+    /// `n` streams of the origin's life — the request may or may not have been processed.
+    pub fn abort_first(mut self, n: u64) -> Self {
+        self.abort_first = n;
         self
     }
     /// Send the body (with `Content-Length`) without END_STREAM, and END_STREAM in an empty DATA
@@ -176,6 +187,12 @@ async fn serve(
     while let Some(next) = conn.accept().await {
         let Ok((req, mut respond)) = next else { return };
         seen += 1;
+        let nth = stats.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if nth <= cfg.abort_first {
+            stats.aborted.fetch_add(1, Ordering::SeqCst);
+            // Returning drops the TLS stream: the peer sees the TCP connection end.
+            return;
+        }
         if cfg.stall_after.is_some_and(|n| seen > n) {
             // Keep the socket open but never touch it again: a dead peer.
             let _keep = (req, respond, conn);
