@@ -32,6 +32,8 @@ pub struct DemoOpts {
     pub min_connections: usize,
     /// Also measure cache hits (1 KiB, 100 KiB) against the miss path.
     pub cache: bool,
+    /// Instead: an origin that sends GOAWAY after this many streams per connection.
+    pub goaway_every: Option<u64>,
     /// Keep running after the report, listening here.
     pub serve: Option<SocketAddr>,
 }
@@ -46,6 +48,7 @@ impl Default for DemoOpts {
             direct: false,
             min_connections: 1,
             cache: false,
+            goaway_every: None,
             serve: None,
         }
     }
@@ -68,6 +71,9 @@ fn line(label: &str, r: &LoadReport) -> String {
 
 /// Runs the demo and prints the report.
 pub async fn run(opts: DemoOpts) -> Result<(), String> {
+    if let Some(n) = opts.goaway_every {
+        return goaway_run(&opts, n).await;
+    }
     let pki = Pki::localhost()?;
     let files = pki.write()?;
     let origin = Origin::h2_or_h1()
@@ -224,4 +230,61 @@ async fn cache_report(
         .find_map(|l| l.strip_prefix("muxgate_cache_requests_total{status=\"HIT\"} "))
         .unwrap_or("0");
     println!("  X-Cache-Status HIT count: {hits}");
+}
+
+/// The origin drains every connection with GOAWAY after `every` streams (like nginx's
+/// `keepalive_requests`): clients must see no error, the origin no duplicate.
+async fn goaway_run(opts: &DemoOpts, every: u64) -> Result<(), String> {
+    use crate::testkit::h2ctl::ControlOrigin;
+    let pki = Pki::localhost()?;
+    let files = pki.write()?;
+    let origin = ControlOrigin::new()
+        .max_streams(opts.max_streams)
+        .goaway_after(every)
+        .start(&pki)
+        .await?;
+    let toml = format!(
+        "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"\"\n[[origins]]\nname = \"demo\"\nhosts = [\"*\"]\nurl = \"https://localhost:{}\"\ntls_ca = \"{}\"\n",
+        origin.addr.port(),
+        files.ca.display().to_string().replace('\\', "\\\\"),
+    );
+    let cfg = Config::from_toml(&toml)
+        .and_then(Config::validate)
+        .map_err(|e| e.to_string())?;
+    let gw = Gateway::start(cfg).await?;
+    let addr = *gw.http_addrs.first().ok_or("no listener bound")?;
+    println!(
+        "muxgate demo (GOAWAY every {every} streams): {} clients, {} requests; origin max {} streams",
+        opts.clients, opts.requests, opts.max_streams
+    );
+    let r = load::run(LoadSpec {
+        target: addr,
+        tls: None,
+        host: "demo.test".into(),
+        path: "/".into(),
+        connections: opts.clients,
+        requests: opts.requests,
+    })
+    .await;
+    println!("{}", line("through muxgate:", &r));
+    let s = &origin.stats;
+    println!(
+        "origin: {} connections ({} full, {} resumed TLS handshakes), {} GOAWAYs, {} requests answered for {} sent (duplicates: {})",
+        s.get(|s| &s.connections),
+        s.get(|s| &s.full_handshakes),
+        s.get(|s| &s.resumed_handshakes),
+        s.get(|s| &s.goaways),
+        s.get(|s| &s.answered),
+        r.requests,
+        s.get(|s| &s.answered).saturating_sub(r.ok()),
+    );
+    gw.shutdown().await;
+    drop(files);
+    if r.errors > 0 || r.ok() != r.requests {
+        return Err(format!(
+            "{} requests failed",
+            r.errors + r.requests - r.ok()
+        ));
+    }
+    Ok(())
 }

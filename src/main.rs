@@ -56,6 +56,9 @@ enum Cmd {
         /// Enable the cache and also measure hits (1 KiB, 100 KiB) next to the miss path.
         #[arg(long)]
         cache: bool,
+        /// Instead: an origin that sends GOAWAY after every N streams per connection.
+        #[arg(long)]
+        goaway_every: Option<u64>,
         /// Keep serving after the report (on 127.0.0.1:8080 unless --listen).
         #[arg(long)]
         serve: bool,
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
             direct,
             min_connections,
             cache,
+            goaway_every,
             serve,
             listen,
         } => {
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
                 direct,
                 min_connections,
                 cache,
+                goaway_every,
                 serve: serve.then_some(listen),
             };
             match rt.block_on(demo::run(opts)) {

@@ -1,6 +1,10 @@
 //! Dialling an origin: DNS, TCP connect (with timeout), TLS handshake with ALPN (with timeout).
 //! Counts full vs resumed handshakes. Knows nothing about pools or HTTP.
+//!
+//! Fuzz targets and tests can replace the network with an in-memory [`Dialer`] ([`with_dialer`]):
+//! the pools above then run unchanged over [`Transport::Memory`].
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +14,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
@@ -26,6 +30,38 @@ pub enum Transport {
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-memory peer, from a [`Dialer`] (fuzzing and tests only).
+    Memory(DuplexStream),
+}
+
+/// Replaces DNS, TCP and TLS for fuzz targets and tests: called with the server's host and port
+/// (from the config), returns the connection — normally a [`Transport::Memory`] whose other end
+/// the caller serves, with the ALPN outcome in [`Connected::h2`] — or the dial error.
+pub type Dialer = Arc<dyn Fn(&str, u16) -> Result<Connected, Error> + Send + Sync>;
+
+thread_local! {
+    /// The dialler [`Connector::new`] picks up; set only inside [`with_dialer`].
+    static DIALER: RefCell<Option<Dialer>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `dialer` installed on this thread: every [`Connector`] built inside `f`
+/// (by `OriginPool::new`, so also by `Proxy::new`) dials through `dialer` instead of the
+/// network, keeps its server health bookkeeping, and builds no TLS configuration. The previous
+/// dialler (normally none) is restored when `f` returns or panics.
+///
+/// A test hook: the gateway itself never installs one. A thread-local rather than a constructor
+/// argument so that `Proxy::new(config)` — the code under test — needs no second signature.
+#[doc(hidden)]
+pub fn with_dialer<R>(dialer: Dialer, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Dialer>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            DIALER.with(|d| *d.borrow_mut() = prev);
+        }
+    }
+    let _restore = Restore(DIALER.with(|d| d.borrow_mut().replace(dialer)));
+    f()
 }
 
 impl AsyncRead for Transport {
@@ -37,6 +73,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Memory(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -46,6 +83,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, b),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+            Transport::Memory(s) => Pin::new(s).poll_write(cx, b),
         }
     }
     fn poll_write_vectored(
@@ -56,24 +94,28 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, b),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, b),
+            Transport::Memory(s) => Pin::new(s).poll_write_vectored(cx, b),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             Transport::Plain(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
+            Transport::Memory(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -116,6 +158,8 @@ pub struct Connector {
     backoff: Duration,
     backoff_max: Duration,
     metrics: OriginMetrics,
+    /// Set only under [`with_dialer`].
+    dialer: Option<Dialer>,
 }
 
 impl Connector {
@@ -128,7 +172,11 @@ impl Connector {
             .unwrap_or_else(|| o.host.clone());
         let server_name = ServerName::try_from(sni.clone())
             .map_err(|_| format!("invalid TLS server name {sni:?}"))?;
+        let dialer = DIALER.with(|d| d.borrow().clone());
         let tls = match o.scheme {
+            // An in-memory dialler needs no TLS (and loading the system roots per origin would
+            // dominate a fuzz iteration).
+            Scheme::Https if dialer.is_some() => None,
             Scheme::Https => {
                 let cfg: Arc<ClientConfig> = crate::tls::client_config(
                     o.raw.tls_ca.as_deref(),
@@ -159,6 +207,7 @@ impl Connector {
             backoff: o.raw.server_backoff.0,
             backoff_max: o.raw.server_backoff_max.0,
             metrics,
+            dialer,
         })
     }
 
@@ -201,6 +250,9 @@ impl Connector {
     }
 
     async fn connect_one(&self, server: &Server) -> Result<Connected, Error> {
+        if let Some(dial) = &self.dialer {
+            return dial(&server.host, server.port);
+        }
         let tcp = tokio::time::timeout(self.connect_timeout, tcp(&server.host, server.port))
             .await
             .map_err(|_| Error::ConnectTimeout)??;
