@@ -20,10 +20,12 @@
 //! [`Gateway::start`] runs the whole thing in-process and returns the bound addresses.
 
 pub mod admin;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

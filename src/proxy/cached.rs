@@ -3,18 +3,17 @@
 //! storable responses while they stream to the client. Decisions come from
 //! `cache::policy`; this module only sequences them around the origin pool.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 
 use super::headers;
 use super::RespBody;
+use crate::body::{Observed, Observer};
 use crate::cache::policy::{
     conditional_request_headers, may_serve_stale, merge_304, request_allows_cached, storable,
     storable_headers, validator_matches, CacheControl, EntryMeta, Serve, StaleReason,
@@ -22,7 +21,7 @@ use crate::cache::policy::{
 use crate::cache::store::{Flight, FlightGuard, Stored};
 use crate::cache::CacheRt;
 use crate::error::Error;
-use crate::upstream::{BoxError, OriginPool, OutBody, OutHead, Outgoing, Upstream};
+use crate::upstream::{OriginPool, OutBody, OutHead, Outgoing, Upstream};
 
 /// `X-Cache-Status` values (nginx's `$upstream_cache_status`).
 pub type CacheStatus = &'static str;
@@ -273,12 +272,11 @@ fn store_while_streaming(
         _guard: guard,
     };
     let tee = Tee {
-        inner: body,
         buf: BytesMut::new(),
         limit: c.max_object_size,
         pending: Some(pending),
     };
-    Response::from_parts(parts, tee.boxed_unsync())
+    Response::from_parts(parts, Observed::new(body, tee).boxed_unsync())
 }
 
 fn into_client(up: Upstream) -> Response<RespBody> {
@@ -322,19 +320,37 @@ struct Pending {
     _guard: Option<FlightGuard>,
 }
 
-/// Streams the body to the client and keeps a copy (up to `limit`); stores it at the end.
-/// Dropped early, over the limit, with trailers or on error: nothing is stored, and the
+/// Keeps a copy of the body (up to `limit`) as it streams to the client and stores it at the
+/// end. Over the limit, with trailers, on error, or dropped early: nothing is stored, and the
 /// flight guard inside `pending` wakes the followers so they go to the origin.
 struct Tee {
-    inner: RespBody,
     buf: BytesMut,
     limit: u64,
     pending: Option<Pending>,
 }
 
-impl Tee {
-    /// The body is complete: store it (once), then release the flight.
-    fn finish(&mut self) {
+impl Observer for Tee {
+    fn data(&mut self, d: &Bytes) {
+        if self.pending.is_none() {
+            return;
+        }
+        if (self.buf.len() + d.len()) as u64 > self.limit {
+            self.pending = None;
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.extend_from_slice(d);
+        }
+    }
+
+    fn trailers(&mut self) {
+        self.pending = None;
+    }
+
+    fn error(&mut self) {
+        self.pending = None;
+    }
+
+    fn end(&mut self) {
         if let Some(p) = self.pending.take() {
             let body = std::mem::take(&mut self.buf).freeze();
             p.cache.store.insert(
@@ -348,49 +364,5 @@ impl Tee {
             );
             // `p` (and its flight guard) drops here, after the insert.
         }
-    }
-}
-
-impl Body for Tee {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.as_mut().get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => match f.data_ref() {
-                Some(d) if this.pending.is_some() => {
-                    if (this.buf.len() + d.len()) as u64 > this.limit {
-                        this.pending = None;
-                        this.buf = BytesMut::new();
-                    } else {
-                        this.buf.extend_from_slice(d);
-                    }
-                }
-                Some(_) => {}
-                // Trailers are not stored: do not store a response that has them.
-                None => this.pending = None,
-            },
-            Poll::Ready(Some(Err(_))) => this.pending = None,
-            Poll::Ready(None) => this.finish(),
-            Poll::Pending => {}
-        }
-        // hyper stops polling once a body reports its end: store on the last frame too.
-        if matches!(r, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream() {
-            this.finish();
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -20,6 +20,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
+use crate::body::{Observed, Observer};
 use crate::cache::CacheRt;
 use crate::config::ValidConfig;
 use crate::error::Error;
@@ -177,13 +178,7 @@ impl Proxy {
             m.duration.observe(start.elapsed().as_secs_f64());
         }
         *resp.version_mut() = Version::HTTP_11;
-        resp.map(|b| {
-            LoggedBody {
-                inner: b,
-                log: Some(log),
-            }
-            .boxed_unsync()
-        })
+        resp.map(|b| Observed::new(b, LogOnEnd(Some(log))).boxed_unsync())
     }
 
     async fn forward<B>(
@@ -520,50 +515,28 @@ impl AccessLog {
     }
 }
 
-struct LoggedBody {
-    inner: RespBody,
-    log: Option<AccessLog>,
+/// Counts bytes and writes the access-log line when the response is complete, or when it is
+/// dropped unfinished (client gone).
+struct LogOnEnd(Option<AccessLog>);
+
+impl Observer for LogOnEnd {
+    fn data(&mut self, d: &Bytes) {
+        if let Some(l) = self.0.as_mut() {
+            l.bytes += d.len() as u64;
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(l) = self.0.take() {
+            l.emit(true);
+        }
+    }
 }
 
-impl Drop for LoggedBody {
+impl Drop for LogOnEnd {
     fn drop(&mut self) {
-        if let Some(l) = self.log.take() {
-            l.emit(self.inner.is_end_stream());
+        if let Some(l) = self.0.take() {
+            l.emit(false);
         }
-    }
-}
-
-impl Body for LoggedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.as_mut().get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                if let (Some(d), Some(l)) = (f.data_ref(), this.log.as_mut()) {
-                    l.bytes += d.len() as u64;
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(l) = this.log.take() {
-                    l.emit(true);
-                }
-            }
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

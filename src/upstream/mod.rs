@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::body::{Observed, Observer};
 use crate::config::{Scheme, ValidOrigin};
 use crate::error::{classify, classify_h2, Error, RetryClass};
 use crate::metrics::OriginMetrics;
@@ -214,8 +215,9 @@ impl OutHead {
     }
 }
 
-/// What released on response end: an h2 stream slot or an HTTP/1.1 connection.
-enum Guard {
+/// What a response holds on to until it ends: an h2 stream slot (and its request-body pump)
+/// or an exclusive HTTP/1.1 connection.
+pub enum Guard {
     /// The stream slot, and the request-body pump (aborted when the response is done).
     H2(
         #[allow(dead_code)] H2Lease,
@@ -225,14 +227,22 @@ enum Guard {
 }
 
 /// The bytes of a response, from either pool.
-enum Inner {
+pub enum Inner {
+    /// An h2 stream.
     H2(h2::H2Body),
+    /// An HTTP/1.1 response body.
     H1(Incoming),
 }
 
-impl Inner {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self {
+impl Body for Inner {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
             Inner::H2(b) => Pin::new(b).poll_frame(cx),
             Inner::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
         }
@@ -253,61 +263,25 @@ impl Inner {
     }
 }
 
+/// Releases the stream slot or connection when the response ends, fails or is dropped; an
+/// HTTP/1.1 connection goes back to the pool only after a complete response.
+pub struct Release(Option<Guard>);
+
+impl Observer for Release {
+    fn end(&mut self) {
+        if let Some(Guard::H1(lease)) = &mut self.0 {
+            lease.set_reusable();
+        }
+        self.0 = None;
+    }
+
+    fn error(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// The origin's response body; releases its stream slot or connection at end or drop.
-pub struct UpstreamBody {
-    inner: Inner,
-    guard: Option<Guard>,
-}
-
-impl UpstreamBody {
-    fn new(inner: Inner, guard: Guard) -> UpstreamBody {
-        let mut b = UpstreamBody {
-            inner,
-            guard: Some(guard),
-        };
-        if b.inner.is_end_stream() {
-            b.finish(true);
-        }
-        b
-    }
-
-    fn finish(&mut self, complete: bool) {
-        if let Some(Guard::H1(lease)) = &mut self.guard {
-            if complete {
-                lease.set_reusable();
-            }
-        }
-        self.guard = None;
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.as_mut().get_mut();
-        let r = this.inner.poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true),
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+pub type UpstreamBody = Observed<Inner, Release>;
 
 /// A response from the origin, with where it came from.
 pub struct Upstream {
@@ -520,7 +494,7 @@ impl OriginPool {
                 Ok(Upstream {
                     response: Response::from_parts(
                         parts,
-                        UpstreamBody::new(Inner::H2(body), Guard::H2(lease, pump)),
+                        Observed::new(Inner::H2(body), Release(Some(Guard::H2(lease, pump)))),
                     ),
                     conn_id,
                     protocol: "h2",
@@ -547,7 +521,8 @@ impl OriginPool {
         match tokio::time::timeout(self.response_header_timeout, fut).await {
             Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
             Ok(Ok(resp)) => Ok(Upstream {
-                response: resp.map(|b| UpstreamBody::new(Inner::H1(b), Guard::H1(lease))),
+                response: resp
+                    .map(|b| Observed::new(Inner::H1(b), Release(Some(Guard::H1(lease))))),
                 conn_id,
                 protocol: "http/1.1",
             }),
