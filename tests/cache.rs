@@ -314,3 +314,54 @@ async fn purge_by_key_and_prefix_and_size_gauges() {
     assert_eq!(status(&fetch(&gw, "/cc/max-age=62").await), "MISS");
     assert_eq!(requests(&origin), 5);
 }
+
+/// Collapsed requests get the leader's response streamed as it arrives: their response head
+/// comes at once, not after the whole (slow) body was read and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collapsed_requests_stream_the_leaders_response() {
+    use http_body_util::BodyExt;
+    let (gw, origin, _f) = setup("", "").await;
+    let addr = gw.http_addrs[0];
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut tx, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(conn);
+            let t0 = std::time::Instant::now();
+            let req = Request::get("/drip/400")
+                .header("host", "app.test")
+                .body(Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let resp = tx.send_request(req).await.expect("response");
+            let head_after = t0.elapsed();
+            let cache = resp
+                .headers()
+                .get("x-cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (head_after, t0.elapsed(), cache, body)
+        }));
+    }
+    let mut hits = 0;
+    for t in tasks {
+        let (head_after, total, cache, body) = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("timed out")
+            .expect("task");
+        assert_eq!(&body[..], b"a\nb\nc\n");
+        assert!(total >= Duration::from_millis(700), "{total:?}");
+        assert!(
+            head_after < Duration::from_millis(400),
+            "head after {head_after:?}"
+        );
+        hits += usize::from(cache == "HIT");
+    }
+    assert_eq!(hits, 9, "one leader, nine followers");
+    assert_eq!(requests(&origin), 1);
+}

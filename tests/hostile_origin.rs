@@ -7,8 +7,9 @@
 //! headers were passed on), the broken connection is closed and replaced, a well-behaved origin
 //! behind the same gateway keeps answering 200, and nothing grows without bound.
 //!
-//! The raw origin ([`hostile`]) terminates TLS with ALPN `h2` and hands the script a [`Peer`]
-//! that reads and writes frames as bytes (RFC 9113 §4.1: 3-byte length, type, flags, stream id).
+//! The raw origin ([`raw_origin`], in `support::h2raw`) terminates TLS with ALPN `h2` and hands
+//! the script a [`Peer`] that reads and writes frames as bytes (RFC 9113 §4.1: 3-byte length,
+//! type, flags, stream id).
 
 mod support;
 
@@ -22,77 +23,23 @@ use std::time::{Duration, Instant};
 use muxgate::testkit::origin::{Origin, RunningOrigin};
 use muxgate::testkit::pki::{Pki, PkiFiles};
 use muxgate::Gateway;
+use support::h2raw::*;
 use support::proxy_kit::{assert_one_line, bounded};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
-
-/// RFC 9113 §3.4: the client connection preface.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-// Frame types (RFC 9113 §6) and flags.
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
-
-// SETTINGS identifiers (RFC 9113 §6.5.2) and error codes (§7).
-const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const INTERNAL_ERROR: u32 = 0x2;
-const CANCEL: u32 = 0x8;
-
-/// HPACK (RFC 7541 Appendix A): static-table index 8 is `:status: 200`.
-const STATUS_200: u8 = 0x88;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 /// Short timeouts for both origins: a hostile origin's failures must show as fast 502s, well
 /// inside them.
 const FAST: &str = "response_header_timeout = \"2s\"\nconnect_timeout = \"1s\"\n\
                     tls_handshake_timeout = \"1s\"\nkeepalive_interval = \"0s\"\n";
 
-type Tls = TlsStream<TcpStream>;
-
-/// One HTTP/2 frame as read off the wire.
-#[derive(Debug)]
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-/// The read side of a raw origin connection.
-struct Reader(ReadHalf<Tls>);
-
-/// The write side of a raw origin connection.
-struct Writer(WriteHalf<Tls>);
-
-/// The server end of one connection, handed to a script.
-struct Peer {
-    r: Reader,
-    w: Writer,
-}
-
-/// A running raw origin; stops accepting and drops its connections when dropped.
-struct Hostile {
-    addr: SocketAddr,
-    connections: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
 /// A gateway with the hostile origin `bad` (host `bad.test`) and a well-behaved
 /// `Origin::h2()` named `good` (host `good.test`).
 struct Setup {
     gw: Gateway,
-    bad: Hostile,
+    bad: RawOrigin,
     _good: RunningOrigin,
     addr: SocketAddr,
     _files: PkiFiles,
@@ -102,55 +49,6 @@ struct Setup {
 struct GoodTraffic {
     stop: Arc<AtomicBool>,
     task: JoinHandle<Vec<u16>>,
-}
-
-/// One frame's bytes.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("frame length");
-    assert!(len < 1 << 24, "frame payload too long");
-    let mut f = Vec::with_capacity(9 + payload.len());
-    f.extend_from_slice(&len.to_be_bytes()[1..]);
-    f.push(kind);
-    f.push(flags);
-    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// A SETTINGS frame (not an ACK) with the given parameters.
-fn settings(params: &[(u16, u32)]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(params.len() * 6);
-    for (id, v) in params {
-        p.extend_from_slice(&id.to_be_bytes());
-        p.extend_from_slice(&v.to_be_bytes());
-    }
-    frame(SETTINGS, 0, 0, &p)
-}
-
-/// HPACK integer with an `n`-bit prefix; `first` carries the pattern bits above the prefix
-/// (RFC 7541 §5.1).
-fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-/// HPACK "literal header field without indexing — new name" (RFC 7541 §6.2.2), no Huffman.
-fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.push(0x00);
-    hpack_int(out, 0, 7, name.len());
-    out.extend_from_slice(name);
-    hpack_int(out, 0, 7, value.len());
-    out.extend_from_slice(value);
 }
 
 /// Deterministic bytes that are no HTTP/2 at all (xorshift), starting with a frame length far
@@ -168,151 +66,6 @@ fn garbage(n: usize) -> Vec<u8> {
     out
 }
 
-impl Reader {
-    /// Reads and checks the client connection preface.
-    async fn preface(&mut self) -> io::Result<()> {
-        let mut p = [0u8; 24];
-        self.0.read_exact(&mut p).await?;
-        if p != PREFACE {
-            return Err(io::Error::other(format!("bad client preface {p:?}")));
-        }
-        Ok(())
-    }
-
-    /// Reads one frame.
-    async fn frame(&mut self) -> io::Result<Frame> {
-        let mut h = [0u8; 9];
-        self.0.read_exact(&mut h).await?;
-        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        self.0.read_exact(&mut payload).await?;
-        Ok(Frame {
-            kind: h[3],
-            flags: h[4],
-            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
-            payload,
-        })
-    }
-
-    /// Reads and discards until the gateway closes the connection.
-    async fn until_closed(&mut self) {
-        let mut buf = vec![0u8; 16 * 1024];
-        while matches!(self.0.read(&mut buf).await, Ok(n) if n > 0) {}
-    }
-}
-
-impl Writer {
-    /// Writes `bytes` and flushes them.
-    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes).await?;
-        self.0.flush().await
-    }
-
-    /// `:status: 200` with END_HEADERS, then `body` in one DATA frame with END_STREAM.
-    async fn ok(&mut self, stream: u32, body: &[u8]) -> io::Result<()> {
-        let mut b = frame(HEADERS, END_HEADERS, stream, &[STATUS_200]);
-        b.extend(frame(DATA, END_STREAM, stream, body));
-        self.send(&b).await
-    }
-}
-
-impl Peer {
-    /// Reads the client preface and sends a valid server preface (an empty SETTINGS frame).
-    async fn handshake(&mut self) -> io::Result<()> {
-        self.r.preface().await?;
-        self.w.send(&settings(&[])).await
-    }
-
-    /// Reads frames until a request's HEADERS, ACKing SETTINGS and PINGs on the way; returns the
-    /// request's stream id.
-    async fn next_request(&mut self) -> io::Result<u32> {
-        loop {
-            let f = self.r.frame().await?;
-            match f.kind {
-                SETTINGS if f.flags & ACK == 0 => {
-                    self.w.send(&frame(SETTINGS, ACK, 0, &[])).await?
-                }
-                PING if f.flags & ACK == 0 => self.w.send(&frame(PING, ACK, 0, &f.payload)).await?,
-                HEADERS => return Ok(f.stream),
-                _ => {}
-            }
-        }
-    }
-
-    /// Like [`Peer::next_request`] without answering anything: SETTINGS stay un-ACKed.
-    async fn next_request_silent(&mut self) -> io::Result<u32> {
-        loop {
-            let f = self.r.frame().await?;
-            if f.kind == HEADERS {
-                return Ok(f.stream);
-            }
-        }
-    }
-}
-
-impl Hostile {
-    /// TCP connections accepted so far.
-    fn connections(&self) -> u64 {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        // The accept task owns the connection tasks (a JoinSet): aborting it drops them all.
-        self.task.abort();
-    }
-}
-
-/// Starts a raw TLS origin (ALPN `h2`) on 127.0.0.1:0 that runs `script(n, peer)` on its n-th
-/// connection (1-based) after the TLS handshake. A script's error (the gateway hung up) ends
-/// that connection quietly.
-async fn hostile<F, Fut>(pki: &Pki, script: F) -> Hostile
-where
-    F: Fn(u64, Peer) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = io::Result<()>> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let acceptor = TlsAcceptor::from(pki.server_config(&[b"h2"], false).expect("tls config"));
-    let connections = Arc::new(AtomicU64::new(0));
-    let count = connections.clone();
-    let script = Arc::new(script);
-    let task = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-            let (acceptor, script) = (acceptor.clone(), script.clone());
-            conns.spawn(async move {
-                let Ok(Ok(tls)) =
-                    tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await
-                else {
-                    return;
-                };
-                let (r, w) = tokio::io::split(tls);
-                let _ = script(
-                    n,
-                    Peer {
-                        r: Reader(r),
-                        w: Writer(w),
-                    },
-                )
-                .await;
-            });
-            while conns.try_join_next().is_some() {}
-        }
-    });
-    Hostile {
-        addr,
-        connections,
-        task,
-    }
-}
-
 /// Starts the hostile origin with `script`, a good h2 origin, and a gateway in front of both.
 /// `extra` is appended to the hostile origin's table (after [`FAST`]).
 async fn setup<F, Fut>(script: F, extra: &str) -> Setup
@@ -323,7 +76,7 @@ where
     init();
     let pki = Pki::localhost().expect("pki");
     let files = pki.write().expect("pki files");
-    let bad = hostile(&pki, script).await;
+    let bad = raw_origin(&pki, script).await;
     let good = Origin::h2().start(&pki).await.expect("good origin");
     let bad_url = format!("https://localhost:{}", bad.addr.port());
     let tables = format!(

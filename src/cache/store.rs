@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use super::policy::{vary_matches, EntryMeta};
 
@@ -47,28 +47,126 @@ type Variants = Arc<Vec<Arc<Stored>>>;
 /// The cache of one gateway.
 pub struct Store {
     cache: moka::sync::Cache<String, Variants>,
-    flights: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    flights: Mutex<HashMap<String, Arc<Fetch>>>,
+}
+
+/// One origin fetch that several requests share: the leader publishes the response head and
+/// body chunks as they arrive, followers stream them (request collapsing without waiting for
+/// the whole body).
+#[derive(Default)]
+pub struct Fetch {
+    state: Mutex<FetchState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct FetchState {
+    head: Option<(StatusCode, HeaderMap)>,
+    chunks: Vec<Bytes>,
+    /// `Some(true)`: complete; `Some(false)`: abandoned (error, not storable, too large).
+    end: Option<bool>,
+}
+
+/// What a follower sees next.
+pub enum Next {
+    /// The next body chunk.
+    Chunk(Bytes),
+    /// The body is complete.
+    Done,
+    /// The leader failed or gave up.
+    Failed,
+}
+
+impl Fetch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FetchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (at most until `deadline`) for the response head; `None` if the leader gave up
+    /// first or time ran out: the follower then goes to the origin itself.
+    pub async fn head(&self, deadline: tokio::time::Instant) -> Option<(StatusCode, HeaderMap)> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let st = self.lock();
+                if let Some(h) = &st.head {
+                    return Some(h.clone());
+                }
+                if st.end.is_some() {
+                    return None;
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// The `i`-th body chunk, waiting for it if needed.
+    pub async fn chunk(&self, i: usize) -> Next {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let st = self.lock();
+                if let Some(c) = st.chunks.get(i) {
+                    return Next::Chunk(c.clone());
+                }
+                match st.end {
+                    Some(true) => return Next::Done,
+                    Some(false) => return Next::Failed,
+                    None => {}
+                }
+            }
+            changed.await;
+        }
+    }
 }
 
 /// The result of [`Store::join`].
 pub enum Flight {
-    /// This request fetches; others wait until the guard is dropped.
+    /// This request fetches and publishes through the guard.
     Leader(FlightGuard),
-    /// Another request is fetching this key; wait for `changed()`.
-    Follower(watch::Receiver<bool>),
+    /// Another request is fetching this key.
+    Follower(Arc<Fetch>),
 }
 
-/// Held by the request fetching a key; dropping it wakes the followers.
+/// Held by the request fetching a key. Dropping it without [`FlightGuard::complete`] tells the
+/// followers the fetch failed.
 pub struct FlightGuard {
     store: Arc<Store>,
     key: String,
-    done: watch::Sender<bool>,
+    fetch: Arc<Fetch>,
+}
+
+impl FlightGuard {
+    /// Publishes the response head (only for a response that will be stored).
+    pub fn head(&self, status: StatusCode, headers: HeaderMap) {
+        self.fetch.lock().head = Some((status, headers));
+        self.fetch.changed.notify_waiters();
+    }
+
+    /// Publishes a body chunk.
+    pub fn chunk(&self, data: Bytes) {
+        self.fetch.lock().chunks.push(data);
+        self.fetch.changed.notify_waiters();
+    }
+
+    /// The body is complete (and stored).
+    pub fn complete(self) {
+        self.fetch.lock().end = Some(true);
+        // Drop runs next: removes the flight and wakes the followers.
+    }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         self.store.flights_lock().remove(&self.key);
-        let _ = self.done.send(true);
+        self.fetch.lock().end.get_or_insert(false);
+        self.fetch.changed.notify_waiters();
     }
 }
 
@@ -88,7 +186,7 @@ impl Store {
         })
     }
 
-    fn flights_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<bool>>> {
+    fn flights_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Fetch>>> {
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -141,18 +239,18 @@ impl Store {
         (self.cache.entry_count(), self.cache.weighted_size())
     }
 
-    /// Joins the flight for `key`: the first caller leads, later ones follow until it lands.
+    /// Joins the flight for `key`: the first caller leads, later ones follow it.
     pub fn join(self: &Arc<Self>, key: &str) -> Flight {
         let mut flights = self.flights_lock();
-        if let Some(rx) = flights.get(key) {
-            return Flight::Follower(rx.clone());
+        if let Some(f) = flights.get(key) {
+            return Flight::Follower(f.clone());
         }
-        let (tx, rx) = watch::channel(false);
-        flights.insert(key.to_string(), rx);
+        let fetch = Arc::new(Fetch::default());
+        flights.insert(key.to_string(), fetch.clone());
         Flight::Leader(FlightGuard {
             store: self.clone(),
             key: key.to_string(),
-            done: tx,
+            fetch,
         })
     }
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use http_body::Body;
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 
 use super::headers;
@@ -21,7 +21,7 @@ use crate::cache::policy::{
 use crate::cache::store::{Flight, FlightGuard, Stored};
 use crate::cache::CacheRt;
 use crate::error::Error;
-use crate::upstream::{OriginPool, OutBody, OutHead, Outgoing, Upstream};
+use crate::upstream::{BoxError, OriginPool, OutBody, OutHead, Outgoing, Upstream};
 
 /// `X-Cache-Status` values (nginx's `$upstream_cache_status`).
 pub type CacheStatus = &'static str;
@@ -180,14 +180,12 @@ async fn miss(
     if collapse && c.lock {
         match c.store.join(&key) {
             Flight::Leader(g) => guard = Some(g),
-            Flight::Follower(mut rx) => {
-                // Wait for the leader's response to land, then serve it from the store.
-                let _ = tokio::time::timeout(c.lock_timeout, rx.wait_for(|done| *done)).await;
-                let now = SystemTime::now();
-                if let Some(entry) = c.store.lookup(&key, &head.headers) {
-                    if request_allows_cached(&head.headers, &entry.meta, now) == Serve::Fresh {
-                        return (Ok(from_store(&entry, now)), "HIT");
-                    }
+            Flight::Follower(fetch) => {
+                // Stream the leader's response as it arrives (it publishes only a response it
+                // will store, so sharing it is what a later hit would serve).
+                let deadline = tokio::time::Instant::now() + c.lock_timeout;
+                if let Some((status, headers)) = fetch.head(deadline).await {
+                    return (Ok(follow(fetch, status, headers)), "HIT");
                 }
                 // Uncacheable, failed or too slow: go to the origin ourselves.
             }
@@ -216,6 +214,28 @@ async fn miss(
     }
 }
 
+/// A collapsed request's response: the leader's head and its body chunks as they arrive.
+fn follow(
+    fetch: Arc<crate::cache::store::Fetch>,
+    status: StatusCode,
+    headers: http::HeaderMap,
+) -> Response<RespBody> {
+    use crate::cache::store::Next;
+    let stream = futures_util::stream::unfold(Some((fetch, 0usize)), |state| async move {
+        let (fetch, i) = state?;
+        match fetch.chunk(i).await {
+            Next::Chunk(d) => Some((Ok(Frame::data(d)), Some((fetch, i + 1)))),
+            Next::Done => None,
+            Next::Failed => Some((Err(BoxError::from("origin response failed")), None)),
+        }
+    });
+    let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed_unsync());
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r.headers_mut().insert(header::AGE, HeaderValue::from(0u32));
+    r
+}
+
 fn placeholder_head() -> OutHead {
     OutHead {
         method: Method::GET,
@@ -226,8 +246,9 @@ fn placeholder_head() -> OutHead {
 }
 
 /// Passes the origin's response to the client; if it is storable (and not too large), keeps a
-/// copy as it streams and stores it at the end. Followers of `guard` wake when it is stored
-/// (or when storing is abandoned).
+/// copy as it streams and stores it at the end, publishing head and chunks to the followers of
+/// `guard` as they arrive (they fail with it if the body fails, or go to the origin themselves
+/// if it turns out not storable).
 fn store_while_streaming(
     c: &Arc<CacheRt>,
     key: String,
@@ -263,13 +284,21 @@ fn store_while_streaming(
         response_time,
         &c.policy,
     );
+    let headers = storable_headers(&parts.headers, response_time, &c.policy);
+    // With a known length within the limit, followers can stream the body as it arrives; a
+    // body of unknown length might still outgrow the limit, so it is shared once complete.
+    let streaming = body.size_hint().upper().is_some();
+    if let (true, Some(g)) = (streaming, &guard) {
+        g.head(parts.status, headers.clone());
+    }
     let pending = Pending {
         cache: c.clone(),
         key,
         status: parts.status,
-        headers: storable_headers(&parts.headers, response_time, &c.policy),
+        headers,
         meta,
-        _guard: guard,
+        guard,
+        streaming,
     };
     let tee = Tee {
         buf: BytesMut::new(),
@@ -317,7 +346,9 @@ struct Pending {
     status: StatusCode,
     headers: http::HeaderMap,
     meta: EntryMeta,
-    _guard: Option<FlightGuard>,
+    guard: Option<FlightGuard>,
+    /// Head already published; chunks go to the followers as they arrive.
+    streaming: bool,
 }
 
 /// Keeps a copy of the body (up to `limit`) as it streams to the client and stores it at the
@@ -331,14 +362,17 @@ struct Tee {
 
 impl Observer for Tee {
     fn data(&mut self, d: &Bytes) {
-        if self.pending.is_none() {
+        let Some(p) = &self.pending else {
             return;
-        }
+        };
         if (self.buf.len() + d.len()) as u64 > self.limit {
             self.pending = None;
             self.buf = BytesMut::new();
         } else {
             self.buf.extend_from_slice(d);
+            if let (true, Some(g)) = (p.streaming, &p.guard) {
+                g.chunk(d.clone());
+            }
         }
     }
 
@@ -353,6 +387,10 @@ impl Observer for Tee {
     fn end(&mut self) {
         if let Some(p) = self.pending.take() {
             let body = std::mem::take(&mut self.buf).freeze();
+            if let (false, Some(g)) = (p.streaming, &p.guard) {
+                g.head(p.status, p.headers.clone());
+                g.chunk(body.clone());
+            }
             p.cache.store.insert(
                 &p.key,
                 Stored {
@@ -362,7 +400,9 @@ impl Observer for Tee {
                     meta: p.meta,
                 },
             );
-            // `p` (and its flight guard) drops here, after the insert.
+            if let Some(g) = p.guard {
+                g.complete();
+            }
         }
     }
 }

@@ -15,6 +15,8 @@
 //! - `/cc/VALUE`: `Cache-Control: VALUE` (percent-decoded), `ETag: "v1"`, body `n=<requests>`;
 //!   answers `If-None-Match: "v1"` with 304.
 //! - `/cached/N`: N bytes with `Cache-Control: max-age=3600`.
+//! - `/drip/MS`: `Cache-Control: max-age=60`, `Content-Length: 6`, body `a\nb\nc\n` in three
+//!   chunks MS milliseconds apart.
 //! - `/vary`: `Vary: Accept-Encoding`, `Cache-Control: max-age=60`, body = the request's
 //!   Accept-Encoding.
 //!
@@ -322,6 +324,28 @@ async fn respond(req: Request<Incoming>, cfg: &OriginBuilder, n: u64) -> Respons
             r.headers_mut().insert(
                 http::header::CACHE_CONTROL,
                 HeaderValue::from_static("max-age=3600"),
+            );
+            r
+        }
+        "drip" => {
+            let ms: u64 = arg.parse().unwrap_or(0);
+            let stream = futures_util::stream::unfold(0u8, move |i| async move {
+                if i == 3 {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let chunk = Bytes::from(vec![b'a' + i, b'\n']);
+                Some((Ok::<_, Infallible>(Frame::data(chunk)), i + 1))
+            });
+            let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+            let h = r.headers_mut();
+            h.insert("date", now_date());
+            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(6));
+            h.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=60"),
             );
             r
         }

@@ -1,9 +1,12 @@
 //! Shared helpers for the integration tests: a gateway in front of test origins, small HTTP/1.1
-//! clients (hyper and raw bytes), admin scraping and polling.
+//! clients (hyper and raw bytes), admin scraping and polling; [`h2raw`]: a raw HTTP/2 origin
+//! scripted frame by frame.
 //!
 //! Every helper is bounded in time: network operations run under [`IO_TIMEOUT`].
 
 #![allow(dead_code)]
+
+pub mod h2raw;
 
 use std::net::SocketAddr;
 use std::path::Path;
