@@ -29,6 +29,12 @@ pub enum Error {
     /// The request body exceeds `client.max_body_size`.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client's request body failed (malformed chunked framing, connection lost).
+    #[error("malformed or incomplete request body")]
+    BadBody,
+    /// A transfer coding the gateway does not implement (RFC 9112 §6.1: 501).
+    #[error("unsupported transfer coding")]
+    UnsupportedCoding,
     /// The request header block exceeds `client.max_header_size` or `client.max_headers`.
     #[error("request header fields too large")]
     HeadersTooLarge,
@@ -77,6 +83,8 @@ impl Error {
             Error::NoRoute
             | Error::BadRequest(_)
             | Error::BodyTooLarge
+            | Error::BadBody
+            | Error::UnsupportedCoding
             | Error::HeadersTooLarge
             | Error::UriTooLong => Side::Client,
             Error::QueueFull | Error::PendingTimeout | Error::ShuttingDown | Error::NotCached => {
@@ -90,7 +98,8 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::NoRoute => StatusCode::NOT_FOUND,
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_) | Error::BadBody => StatusCode::BAD_REQUEST,
+            Error::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             Error::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::UriTooLong => StatusCode::URI_TOO_LONG,

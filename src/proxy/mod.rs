@@ -26,7 +26,9 @@ use crate::config::ValidConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::route::Router;
-use crate::upstream::{BoxError, OriginPool, OutBody, OutHead, Outgoing, UpBody};
+use crate::upstream::{
+    BoxError, ClientBodyError, OriginPool, OutBody, OutHead, Outgoing, UpBody,
+};
 
 /// Response body sent to clients.
 pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -211,6 +213,7 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        check_transfer_coding(&parts.headers).map_err(fail)?;
         let declared = content_length(&parts.headers).map_err(fail)?;
         if self.max_body_size > 0 && declared.is_some_and(|n| n > self.max_body_size) {
             return Err(fail(Error::BodyTooLarge));
@@ -344,6 +347,10 @@ fn check_head(parts: &http::request::Parts, limits: HeadLimits) -> Result<(), Er
 /// The request's host: the absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2).
 fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
     if let Some(a) = parts.uri.authority() {
+        // RFC 9110 §4.2.4: userinfo is not allowed in an http(s) target; never forward it.
+        if a.as_str().contains('@') {
+            return Err(Error::BadRequest("userinfo in request target"));
+        }
         return Ok(a.clone());
     }
     let mut hosts = parts.headers.get_all(header::HOST).iter();
@@ -360,6 +367,27 @@ fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
         .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
         .ok_or(Error::BadRequest("invalid Host header"))?;
     Ok(host)
+}
+
+/// RFC 9112 §6.1: only a single, final `chunked` is a framing the gateway decodes; any other
+/// coding would be forwarded still encoded with nothing saying so. Unknown codings get 501,
+/// `chunked` twice 400.
+fn check_transfer_coding(h: &http::HeaderMap) -> Result<(), Error> {
+    let mut tokens = Vec::new();
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        let v = v
+            .to_str()
+            .map_err(|_| Error::BadRequest("invalid Transfer-Encoding"))?;
+        tokens.extend(v.split(',').map(|t| t.trim().to_ascii_lowercase()));
+    }
+    match tokens.as_slice() {
+        [] => Ok(()),
+        [only] if only == "chunked" => Ok(()),
+        t if t.iter().all(|x| x == "chunked") => {
+            Err(Error::BadRequest("chunked applied more than once"))
+        }
+        _ => Err(Error::UnsupportedCoding),
+    }
 }
 
 /// The request's Content-Length, if any; several differing values are refused (RFC 9112 §6.3).
@@ -459,13 +487,17 @@ where
                     let n = d.len() as u64;
                     if n > this.remaining {
                         this.exceeded.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError(Box::new(
+                            TooLarge,
+                        ))))));
                     }
                     this.remaining -= n;
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into())))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -87,7 +87,13 @@ impl H2Conn {
             Ok(x) => x,
             Err(e) => return Err((e, body)),
         };
-        let pump = body.map(|body| PumpGuard(tokio::spawn(pump(body, stream))));
+        let pump = body.map(|body| {
+            let body_failed = Arc::new(AtomicBool::new(false));
+            PumpGuard {
+                task: tokio::spawn(pump(body, stream, body_failed.clone())),
+                body_failed,
+            }
+        });
         Ok((response, pump))
     }
 
@@ -636,18 +642,28 @@ async fn keepalive_loop(
 /// Owns a request-body pump; dropping it (attempt failed or timed out, response done or
 /// dropped) aborts the pump, so its `SendStream` goes away and h2 resets the stream instead of
 /// keeping it open for ever against an origin that grants no window.
-pub struct PumpGuard(tokio::task::JoinHandle<()>);
+pub struct PumpGuard {
+    task: tokio::task::JoinHandle<()>,
+    body_failed: Arc<AtomicBool>,
+}
+
+impl PumpGuard {
+    /// The client's body failed and the pump reset the stream (the origin is not to blame).
+    pub fn body_failed(&self) -> bool {
+        self.body_failed.load(Ordering::Acquire)
+    }
+}
 
 impl Drop for PumpGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 /// Sends a request body on `stream` with HTTP/2 flow control (never more than the peer's window
 /// in memory), then END_STREAM or trailers. Stops if the peer resets the stream; resets it
 /// with CANCEL if the client's body fails.
-async fn pump(mut body: UpBody, mut stream: SendStream<Bytes>) {
+async fn pump(mut body: UpBody, mut stream: SendStream<Bytes>, body_failed: Arc<AtomicBool>) {
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
@@ -659,6 +675,7 @@ async fn pump(mut body: UpBody, mut stream: SendStream<Bytes>) {
                 return;
             }
             Some(Err(_)) => {
+                body_failed.store(true, Ordering::Release);
                 stream.send_reset(h2::Reason::CANCEL);
                 return;
             }

@@ -43,6 +43,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request body sent upstream.
 pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// Wraps the error of a client's request body, so a failed upload is told apart from an
+/// origin failure wherever it surfaces (hyper keeps it as the error's source).
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(pub BoxError);
+
+/// Whether `e` (or a source of it) is a [`ClientBodyError`].
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<ClientBodyError>().is_some() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 /// Most transparent retries of unprocessed requests per client request.
 const MAX_UNPROCESSED_RETRIES: u32 = 3;
 
@@ -479,6 +497,10 @@ impl OriginPool {
             };
             match response.await {
                 Ok(resp) => Ok((resp, pump)),
+                // The pump reset the stream because the client's body failed: not the origin.
+                Err(_) if pump.as_ref().is_some_and(|p| p.body_failed()) => {
+                    Err(AttemptError::Fatal(Error::BadBody))
+                }
                 Err(e) => {
                     let (class, err) = classify_h2(&e);
                     Err(AttemptError::Failed(class, err))
@@ -528,6 +550,7 @@ impl OriginPool {
             }),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(req) => Err(AttemptError::Unsent(Some(req.into_body()), "not_sent")),
+                None if client_body_failed(e.error()) => Err(AttemptError::Fatal(Error::BadBody)),
                 None => {
                     let (class, err) = classify(e.error());
                     Err(AttemptError::Failed(class, err))
