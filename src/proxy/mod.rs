@@ -26,9 +26,7 @@ use crate::config::ValidConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::route::Router;
-use crate::upstream::{
-    BoxError, ClientBodyError, OriginPool, OutBody, OutHead, Outgoing, UpBody,
-};
+use crate::upstream::{BoxError, ClientBodyError, OriginPool, OutBody, OutHead, Outgoing, UpBody};
 
 /// Response body sent to clients.
 pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
