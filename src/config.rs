@@ -739,7 +739,7 @@ fn figment_error(e: figment::Error) -> ConfigError {
         reason.push_str(&format!(" (in {src})"));
     }
     // A TOML syntax error carries its position in the message; keep it on one line.
-    let reason = reason.replace('\n', " ").trim().to_string();
+    let reason = reason.replace(['\n', '\r'], " ").trim().to_string();
     ConfigError { key, reason }
 }
 

@@ -272,6 +272,14 @@ pub fn cache_policy(data: &[u8]) {
 // fuzz_upstream_frames
 // ---------------------------------------------------------------------------------------------
 
+/// With `MUXGATE_FUZZ_TRACE` set, prints what happened (for triaging an input).
+fn trace(line: impl FnOnce() -> String) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("MUXGATE_FUZZ_TRACE").is_some()) {
+        eprintln!("[fuzz] {}", line());
+    }
+}
+
 /// Virtual time within which every request must resolve: 5 attempts × (pending 5 s +
 /// SETTINGS wait 2 s + response header 5 s) with room to spare.
 const REQUEST_BOUND: Duration = Duration::from_secs(120);
@@ -293,7 +301,7 @@ const REQUEST_BOUND: Duration = Duration::from_secs(120);
 ///        bit 1     write a valid server preface (empty SETTINGS) first
 ///        bit 2     raw: once the gateway has written, send the rest of the input verbatim
 /// op     'W' len:u16be bytes   write
-///        'R'                   wait until the gateway has written more (at most 1 s)
+///        'R'                   wait until the gateway has written since the last 'R' (≤ 1 s)
 ///        'S' n                 sleep n × 50 ms
 ///        'C'                   close the write side (EOF), keep reading
 ///        'N'                   close the connection; the next ops script the next dial
@@ -348,10 +356,19 @@ pub fn upstream_frames(rt: Runtime, data: &[u8]) {
                 let up = tokio::time::timeout(REQUEST_BOUND, pool.send(out))
                     .await
                     .unwrap_or_else(|_| panic!("request {i} unresolved after {REQUEST_BOUND:?}"));
-                if let Ok(up) = up {
-                    let body = up.response.into_body().collect();
-                    // A body the origin never finishes is the client's to abandon.
-                    let _ = tokio::time::timeout(Duration::from_secs(30), body).await;
+                match up {
+                    Ok(up) => {
+                        let status = up.response.status();
+                        let body = up.response.into_body().collect();
+                        // A body the origin never finishes is the client's to abandon.
+                        let body = tokio::time::timeout(Duration::from_secs(30), body).await;
+                        trace(|| match body {
+                            Ok(Ok(b)) => format!("request {i}: {status}, body {:?}", b.to_bytes()),
+                            Ok(Err(e)) => format!("request {i}: {status}, body failed: {e}"),
+                            Err(_) => format!("request {i}: {status}, body abandoned"),
+                        });
+                    }
+                    Err(e) => trace(|| format!("request {i}: error {e}")),
                 }
             }
         });
@@ -536,7 +553,7 @@ async fn scripted_origin(io: DuplexStream, script: Script) {
                 }
             }
             Op::Read => {
-                seen.mark_unchanged();
+                // Returns at once if the gateway wrote since the previous `R`.
                 let _ = tokio::time::timeout(Duration::from_secs(1), seen.changed()).await;
             }
             Op::Sleep(n) => tokio::time::sleep(Duration::from_millis(50 * u64::from(n))).await,
@@ -624,22 +641,33 @@ pub fn downstream_h1(rt: Runtime, data: &[u8]) {
             .unwrap_or_else(|e| panic!("proxy: {e}"));
         let proxy = Arc::new(proxy);
 
-        let (mut client_end, server_end) = tokio::io::duplex(DUPLEX_BUF);
+        let (client_end, server_end) = tokio::io::duplex(DUPLEX_BUF);
         let conn = serve_like_server(server_end, proxy, client, cfg);
+        let (mut rd, mut wr) = tokio::io::split(client_end);
         let talk = async move {
-            let _ = client_end.write_all(&input).await;
+            let _ = wr.write_all(&input).await;
+            // Let every request finish before half-closing: hyper (without `half_close`) drops
+            // a request in progress when the client's EOF arrives, and would hide it from the
+            // origin.
+            tokio::time::sleep(Duration::from_secs(30)).await;
             if !keep_open {
-                let _ = client_end.shutdown().await;
+                let _ = wr.shutdown().await;
             }
+            wr
+        };
+        let drain = async move {
             let mut sink = vec![0u8; 16 * 1024];
-            while let Ok(n) = client_end.read(&mut sink).await {
+            while let Ok(n) = rd.read(&mut sink).await {
                 if n == 0 {
                     break;
                 }
             }
         };
+        let talk = async move { tokio::join!(talk, drain).0 };
         let both = async { tokio::join!(conn, talk) };
-        let done = tokio::time::timeout(REQUEST_BOUND * 2, both).await;
+        let done = tokio::time::timeout(REQUEST_BOUND * 2, both)
+            .await
+            .map(drop);
         if !keep_open {
             assert!(
                 done.is_ok(),
@@ -647,6 +675,7 @@ pub fn downstream_h1(rt: Runtime, data: &[u8]) {
                 REQUEST_BOUND * 2
             );
         }
+        trace(|| format!("connection done: {}", done.is_ok()));
         let v = violations.lock().unwrap_or_else(|p| p.into_inner());
         assert!(v.is_empty(), "origin received: {v:?}");
     });
@@ -784,6 +813,7 @@ async fn recording_origin(io: DuplexStream, check: OriginCheck) {
         return;
     };
     while let Some(Ok((req, respond))) = conn.accept().await {
+        trace(|| format!("origin {} got {} {}", check.idx, req.method(), req.uri()));
         check.check(&req);
         if req.uri().path().contains("goaway") {
             conn.graceful_shutdown();

@@ -23,7 +23,7 @@ impl HostPattern {
             return Ok(HostPattern::Any);
         }
         if let Some(rest) = p.strip_prefix("*.") {
-            if rest.is_empty() || rest.contains('*') {
+            if rest.is_empty() || rest.contains('*') || normalize_host(rest) != rest {
                 return Err(format!("invalid host pattern {p:?}"));
             }
             return Ok(HostPattern::Suffix(format!(".{rest}")));
@@ -31,6 +31,13 @@ impl HostPattern {
         if p.is_empty() || p.contains('*') || p.contains('/') || p.contains(' ') {
             return Err(format!(
                 "invalid host pattern {p:?}: use a name, \"*.suffix\" or \"*\""
+            ));
+        }
+        // Requests are matched by their normalised host (no port, no trailing dot): a pattern
+        // that normalisation would change could never match (found by fuzz_config).
+        if normalize_host(&p) != p {
+            return Err(format!(
+                "invalid host pattern {p:?}: no port or trailing dot (hosts match without them)"
             ));
         }
         Ok(HostPattern::Exact(p))
@@ -135,6 +142,19 @@ mod tests {
         assert_eq!(r.route("a.test."), Some(0));
         assert_eq!(r.route("b.test"), None);
         assert_eq!(r.route(""), None);
+    }
+
+    #[test]
+    fn patterns_that_could_never_match_are_refused() {
+        for p in [
+            "app.example.com.",
+            "app.example.com:8443",
+            "*.example.com.",
+            ":.",
+        ] {
+            assert!(HostPattern::parse(p).is_err(), "{p}");
+        }
+        assert!(HostPattern::parse("[::1]").is_ok());
     }
 
     #[test]

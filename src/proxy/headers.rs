@@ -31,11 +31,12 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 
 /// Names nominated by `Connection` (lower-cased; unparseable tokens are ignored).
 fn connection_nominated(h: &HeaderMap) -> Vec<HeaderName> {
+    // Split the raw bytes: one non-ASCII byte elsewhere in the value must not hide the names
+    // it lists (found by fuzz_header_translate).
     h.get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect()
 }
 
