@@ -365,3 +365,26 @@ async fn collapsed_requests_stream_the_leaders_response() {
     assert_eq!(hits, 9, "one leader, nine followers");
     assert_eq!(requests(&origin), 1);
 }
+
+/// RFC 9111 §5.2.1.7: `only-if-cached` with nothing usable stored is a 504, without asking the
+/// origin; with a fresh entry it is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_if_cached_never_asks_the_origin() {
+    let (gw, origin, _f) = setup("", "").await;
+    let mut c = Client::connect(gw.http_addrs[0]).await;
+    let req = || {
+        Request::get("/cc/max-age=60")
+            .header("host", "app.test")
+            .header("cache-control", "only-if-cached")
+            .body(Empty::new())
+            .expect("request")
+    };
+    let r = c.send(req()).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.text(), "not in cache\n");
+    assert_eq!(requests(&origin), 0);
+    fetch(&gw, "/cc/max-age=60").await;
+    let r = c.send(req()).await;
+    assert_eq!((r.status.as_u16(), status(&r)), (200, "HIT"));
+    assert_eq!(requests(&origin), 1);
+}
