@@ -58,6 +58,101 @@ const MAX_STREAMS_CAP: usize = 1000;
 struct ConnCtl {
     max_streams: AtomicUsize,
     closed: AtomicBool,
+    resets: Mutex<ResetBudget>,
+}
+
+/// How fast the gateway may reset streams on one connection (token bucket). Clients that
+/// abandon requests in bulk would otherwise make the gateway send a reset flood, which origins
+/// (and h2 itself) treat as a rapid-reset attack and answer by closing the connection everyone
+/// shares (CVE-2023-44487 seen from the client side). Past the budget an abandoned stream is
+/// read to its end in the background instead (bounded by `DRAIN_LIMIT`/`DRAIN_TIME`).
+struct ResetBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Resets per second per connection, sustained.
+const RESETS_PER_SEC: f64 = 20.0;
+/// Resets allowed in a burst.
+const RESET_BURST: f64 = 10.0;
+/// Most bytes read from an abandoned stream instead of resetting it.
+const DRAIN_LIMIT: usize = 4 << 20;
+/// Longest time an abandoned stream is read instead of being reset.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+impl ConnCtl {
+    /// Takes a reset from the budget; false means "drain instead".
+    fn try_reset(&self) -> bool {
+        let mut b = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(b.last).as_secs_f64() * RESETS_PER_SEC;
+        b.tokens = (b.tokens + refill).min(RESET_BURST);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Reads an abandoned stream to its end (bounded) so it closes without a reset.
+async fn drain(mut recv: RecvStream) {
+    let body = async {
+        let mut total = 0;
+        while let Some(Ok(d)) = recv.data().await {
+            total += d.len();
+            let _ = recv.flow_control().release_capacity(d.len());
+            if total > DRAIN_LIMIT {
+                return;
+            }
+        }
+        let _ = recv.trailers().await;
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, body).await;
+}
+
+/// A response not yet received. Dropped early (client gone, timeout), it resets the stream
+/// while the connection's reset budget allows, and otherwise lets it finish in the background.
+pub struct PendingResponse {
+    fut: Option<ResponseFuture>,
+    ctl: Arc<ConnCtl>,
+}
+
+impl Future for PendingResponse {
+    type Output = Result<http::Response<RecvStream>, h2::Error>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            return std::task::Poll::Ready(Err(h2::Error::from(h2::Reason::INTERNAL_ERROR)));
+        };
+        let r = Pin::new(fut).poll(cx);
+        if r.is_ready() {
+            self.fut = None;
+        }
+        r
+    }
+}
+
+impl Drop for PendingResponse {
+    fn drop(&mut self) {
+        let Some(fut) = self.fut.take() else { return };
+        if self.ctl.try_reset() {
+            return;
+        }
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                if let Ok(resp) = fut.await {
+                    drain(resp.into_body()).await;
+                }
+            })
+            .await;
+        });
+    }
 }
 
 /// One HTTP/2 connection as the pool sees it.
@@ -78,7 +173,7 @@ impl H2Conn {
         &self,
         head: Request<()>,
         body: Option<UpBody>,
-    ) -> Result<(ResponseFuture, Option<PumpGuard>), (h2::Error, Option<UpBody>)> {
+    ) -> Result<(PendingResponse, Option<PumpGuard>), (h2::Error, Option<UpBody>)> {
         let mut sender = match self.sender.clone().ready().await {
             Ok(s) => s,
             Err(e) => return Err((e, body)),
@@ -94,7 +189,25 @@ impl H2Conn {
                 body_failed,
             }
         });
+        let response = PendingResponse {
+            fut: Some(response),
+            ctl: self.ctl.clone(),
+        };
         Ok((response, pump))
+    }
+
+    /// Wraps a response body from this connection (its drop obeys the reset budget).
+    pub fn body(&self, recv: RecvStream, headers: &HeaderMap) -> H2Body {
+        H2Body {
+            recv: Some(recv),
+            data_done: false,
+            length: headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            received: 0,
+            ctl: self.ctl.clone(),
+        }
     }
 
     /// Marks the connection unusable for new streams (its dispatch task has ended).
@@ -519,6 +632,10 @@ async fn connect(
     let ctl = Arc::new(ConnCtl {
         max_streams: AtomicUsize::new(shared.initial_max_streams),
         closed: AtomicBool::new(false),
+        resets: Mutex::new(ResetBudget {
+            tokens: RESET_BURST,
+            last: Instant::now(),
+        }),
     });
     let h2c = Arc::new(H2Conn {
         id,
@@ -717,43 +834,24 @@ pub struct H2Body {
     data_done: bool,
     length: Option<u64>,
     received: u64,
-}
-
-impl H2Body {
-    /// Wraps a stream; `length` is the response's Content-Length, if any.
-    pub fn new(recv: RecvStream, headers: &HeaderMap) -> H2Body {
-        let length = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        H2Body {
-            recv: Some(recv),
-            data_done: false,
-            length,
-            received: 0,
-        }
-    }
+    ctl: Arc<ConnCtl>,
 }
 
 impl Drop for H2Body {
     fn drop(&mut self) {
-        let Some(mut recv) = self.recv.take() else {
+        let Some(recv) = self.recv.take() else {
             return;
         };
-        let complete = self.length.is_some_and(|n| self.received >= n);
-        if recv.is_end_stream() || !complete {
-            // Ended, or abandoned mid-body (client gone): dropping resets it, as it should.
+        if recv.is_end_stream() {
             return;
         }
-        tokio::spawn(async move {
-            let drain = async {
-                while let Some(Ok(d)) = recv.data().await {
-                    let _ = recv.flow_control().release_capacity(d.len());
-                }
-                let _ = recv.trailers().await;
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-        });
+        let complete = self.length.is_some_and(|n| self.received >= n);
+        if !complete && self.ctl.try_reset() {
+            // Abandoned mid-body (client gone): reset it, within the connection's budget.
+            return;
+        }
+        // Complete by length (only END_STREAM missing), or out of reset budget: read the rest.
+        tokio::spawn(drain(recv));
     }
 }
 

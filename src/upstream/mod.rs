@@ -512,7 +512,7 @@ impl OriginPool {
             Ok(Err(e)) => Err(e),
             Ok(Ok((resp, pump))) => {
                 let (parts, recv) = resp.into_parts();
-                let body = h2::H2Body::new(recv, &parts.headers);
+                let body = lease.conn().body(recv, &parts.headers);
                 Ok(Upstream {
                     response: Response::from_parts(
                         parts,
