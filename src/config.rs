@@ -343,6 +343,13 @@ pub struct Origin {
     pub keepalive_interval: HumanDuration,
     /// HTTP/2 PING answer timeout; the connection is closed past it. Default `"10s"`.
     pub keepalive_timeout: HumanDuration,
+    /// HTTP/2: streams the gateway may reset per second on one connection when clients abandon
+    /// requests; past the budget abandoned streams are read to their end (up to 4 MiB / 5 s)
+    /// instead, so a flood of client aborts never looks like a rapid-reset attack to the
+    /// origin. Default 20.
+    pub reset_rate: u32,
+    /// HTTP/2: resets allowed in a burst on one connection. Default 10.
+    pub reset_burst: u32,
     /// HTTP/2 per-stream receive window. Default `"2MiB"`.
     pub stream_window: ByteSize,
     /// HTTP/2 per-connection receive window. Default `"16MiB"`.
@@ -384,6 +391,8 @@ impl Default for Origin {
             max_connection_age: secs(3600),
             keepalive_interval: secs(30),
             keepalive_timeout: secs(10),
+            reset_rate: 20,
+            reset_burst: 10,
             stream_window: ByteSize(2 << 20),
             connection_window: ByteSize(16 << 20),
             retry_buffer: ByteSize(64 << 10),

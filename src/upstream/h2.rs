@@ -69,12 +69,11 @@ struct ConnCtl {
 struct ResetBudget {
     tokens: f64,
     last: Instant,
+    /// Sustained resets per second (`reset_rate`).
+    rate: f64,
+    /// Burst (`reset_burst`).
+    burst: f64,
 }
-
-/// Resets per second per connection, sustained.
-const RESETS_PER_SEC: f64 = 20.0;
-/// Resets allowed in a burst.
-const RESET_BURST: f64 = 10.0;
 /// Most bytes read from an abandoned stream instead of resetting it.
 const DRAIN_LIMIT: usize = 4 << 20;
 /// Longest time an abandoned stream is read instead of being reset.
@@ -85,8 +84,8 @@ impl ConnCtl {
     fn try_reset(&self) -> bool {
         let mut b = self.resets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let refill = now.duration_since(b.last).as_secs_f64() * RESETS_PER_SEC;
-        b.tokens = (b.tokens + refill).min(RESET_BURST);
+        let refill = now.duration_since(b.last).as_secs_f64() * b.rate;
+        b.tokens = (b.tokens + refill).min(b.burst);
         b.last = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -327,6 +326,8 @@ struct Shared {
     builder: h2::client::Builder,
     keepalive: Option<(Duration, Duration)>,
     initial_max_streams: usize,
+    reset_rate: f64,
+    reset_burst: f64,
 }
 
 /// A stream slot on one connection; dropping it frees the slot (or hands it to a waiter).
@@ -407,6 +408,8 @@ impl H2Pool {
             builder,
             keepalive,
             initial_max_streams: r.initial_max_streams,
+            reset_rate: f64::from(r.reset_rate),
+            reset_burst: f64::from(r.reset_burst),
         });
         tokio::spawn(reaper(Arc::downgrade(&shared)));
         H2Pool { shared }
@@ -633,8 +636,10 @@ async fn connect(
         max_streams: AtomicUsize::new(shared.initial_max_streams),
         closed: AtomicBool::new(false),
         resets: Mutex::new(ResetBudget {
-            tokens: RESET_BURST,
+            tokens: shared.reset_burst,
             last: Instant::now(),
+            rate: shared.reset_rate,
+            burst: shared.reset_burst,
         }),
     });
     let h2c = Arc::new(H2Conn {
