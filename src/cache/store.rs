@@ -253,9 +253,4 @@ impl Store {
             fetch,
         })
     }
-
-    /// Whether a flight for `key` is under way (a refresh in the background, say).
-    pub fn in_flight(&self, key: &str) -> bool {
-        self.flights_lock().contains_key(key)
-    }
 }

@@ -144,7 +144,7 @@ async fn revalidate(
                 return (Ok(from_store(&entry, now)), "STALE");
             }
             (
-                Ok(store_while_streaming(c, key, &head, up, t0, guard)),
+                Ok(store_while_streaming(c, key, &head.headers, up, t0, guard)),
                 "EXPIRED",
             )
         }
@@ -200,16 +200,10 @@ async fn miss(
         })
         .await;
     match result {
-        Ok(up) => {
-            let head_only = OutHead {
-                headers: req_headers,
-                ..placeholder_head()
-            };
-            (
-                Ok(store_while_streaming(c, key, &head_only, up, t0, guard)),
-                "MISS",
-            )
-        }
+        Ok(up) => (
+            Ok(store_while_streaming(c, key, &req_headers, up, t0, guard)),
+            "MISS",
+        ),
         Err(e) => (Err(e), "MISS"),
     }
 }
@@ -236,15 +230,6 @@ fn follow(
     r
 }
 
-fn placeholder_head() -> OutHead {
-    OutHead {
-        method: Method::GET,
-        authority: http::uri::Authority::from_static("cache.invalid"),
-        path_and_query: http::uri::PathAndQuery::from_static("/"),
-        headers: http::HeaderMap::new(),
-    }
-}
-
 /// Passes the origin's response to the client; if it is storable (and not too large), keeps a
 /// copy as it streams and stores it at the end, publishing head and chunks to the followers of
 /// `guard` as they arrive (they fail with it if the body fails, or go to the origin themselves
@@ -252,7 +237,7 @@ fn placeholder_head() -> OutHead {
 fn store_while_streaming(
     c: &Arc<CacheRt>,
     key: String,
-    req: &OutHead,
+    req_headers: &http::HeaderMap,
     up: Upstream,
     request_time: SystemTime,
     guard: Option<FlightGuard>,
@@ -267,7 +252,7 @@ fn store_while_streaming(
     let ok = small_enough
         && storable(
             &Method::GET,
-            &req.headers,
+            req_headers,
             parts.status,
             &parts.headers,
             &c.policy,
@@ -277,7 +262,7 @@ fn store_while_streaming(
         return Response::from_parts(parts, body);
     }
     let meta = EntryMeta::new(
-        &req.headers,
+        req_headers,
         parts.status,
         &parts.headers,
         request_time,
