@@ -54,6 +54,15 @@ impl Default for DemoOpts {
     }
 }
 
+/// The demo fails (exit 1) if any request did not get a 200.
+fn outcome(r: &LoadReport) -> Result<(), String> {
+    let failed = r.errors + r.requests - r.ok();
+    if failed > 0 {
+        return Err(format!("{failed} requests failed"));
+    }
+    Ok(())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -186,13 +195,7 @@ enabled = {cache}
     }
     gw.shutdown().await;
     drop(files);
-    if r.errors > 0 || r.ok() != r.requests {
-        return Err(format!(
-            "{} requests failed",
-            r.errors + r.requests - r.ok()
-        ));
-    }
-    Ok(())
+    outcome(&r)
 }
 
 /// Cache hits for a 1 KiB and a 100 KiB object next to the miss path (uncached 1 KiB), same run.
@@ -280,11 +283,5 @@ async fn goaway_run(opts: &DemoOpts, every: u64) -> Result<(), String> {
     );
     gw.shutdown().await;
     drop(files);
-    if r.errors > 0 || r.ok() != r.requests {
-        return Err(format!(
-            "{} requests failed",
-            r.errors + r.requests - r.ok()
-        ));
-    }
-    Ok(())
+    outcome(&r)
 }
