@@ -72,12 +72,20 @@ async fn thousands_of_client_aborts_leave_the_shared_connection_alive() {
     }
     assert_eq!(bad.load(Ordering::SeqCst), 0, "background traffic failed");
     assert!(ok.load(Ordering::SeqCst) > 0);
-    assert_eq!(
-        origin.stats.get(|s| &s.connections),
-        1,
-        "the shared origin connection was replaced"
-    );
+    // More than 1,000 requests in flight at a moment may add a connection (saturation), but
+    // none may be lost: every connection the origin accepted is still open in the pool.
     let pool = gw.origin("app").expect("app");
+    let opened = origin.stats.get(|s| &s.connections);
+    let open: Vec<_> = pool.stats().into_iter().filter(|c| !c.draining).collect();
+    assert_eq!(
+        open.len() as u64,
+        opened,
+        "a shared origin connection was closed: {open:?}"
+    );
+    assert!(
+        open.iter().any(|c| c.id == 1),
+        "the first connection was replaced"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while pool.stats().iter().any(|c| c.in_flight > 0) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
