@@ -320,7 +320,11 @@ impl Proxy {
 
 /// Request line and header block against the configured limits (RFC 9110 §15.5.15, RFC 6585 §5).
 fn check_head(parts: &http::request::Parts, limits: HeadLimits) -> Result<(), Error> {
-    let target = parts.uri.to_string().len();
+    // The target's length as sent (absolute-form or origin-form), without rendering it.
+    let u = &parts.uri;
+    let target = u.scheme_str().map_or(0, |s| s.len() + 3)
+        + u.authority().map_or(0, |a| a.as_str().len())
+        + u.path_and_query().map_or(0, |p| p.as_str().len());
     if target > limits.max_size {
         return Err(Error::UriTooLong);
     }

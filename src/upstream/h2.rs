@@ -276,21 +276,14 @@ impl State {
     /// them, first fit in age order, so connections opened for a burst fall idle when it ends
     /// and `idle_timeout` closes them. Retiring connections serve only when nothing else can.
     fn pick(&self, min: usize) -> Option<usize> {
-        let usable: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].usable())
-            .collect();
+        // Runs under the pool lock on every request: iterators only, no allocation.
+        let usable = || (0..self.slots.len()).filter(|&i| self.slots[i].usable());
         let least = |idx: &mut dyn Iterator<Item = usize>| {
             idx.filter(|&i| self.slots[i].has_room())
                 .min_by_key(|&i| self.slots[i].in_flight)
         };
-        least(&mut usable.iter().copied().take(min))
-            .or_else(|| {
-                usable
-                    .iter()
-                    .copied()
-                    .skip(min)
-                    .find(|&i| self.slots[i].has_room())
-            })
+        least(&mut usable().take(min))
+            .or_else(|| usable().skip(min).find(|&i| self.slots[i].has_room()))
             .or_else(|| least(&mut (0..self.slots.len()).filter(|&i| self.slots[i].retiring)))
     }
 
