@@ -17,11 +17,12 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::server::Live;
 
 /// Serves the admin endpoints until shutdown.
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    live: Arc<Live>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -30,11 +31,11 @@ pub async fn serve(
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
-        let proxy = proxy.clone();
+        let live = live.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let r = route(&req, &proxy, &metrics);
+                let r = route(&req, &live.proxy.load(), &metrics);
                 async move { Ok::<_, Infallible>(r) }
             });
             let _ = http1::Builder::new()

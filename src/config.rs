@@ -127,7 +127,7 @@ fn secs(s: u64) -> HumanDuration {
 }
 
 /// The whole configuration as written by the operator (before validation).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Plain HTTP listeners. Default: `["127.0.0.1:8080"]`.
@@ -162,7 +162,7 @@ impl Default for Config {
 
 /// `[cache]`: a shared HTTP cache (RFC 9111) in front of the origins. Strict by default:
 /// only what the origin marks storable is stored, stale only where the origin allows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Cache responses. Default false.
@@ -219,7 +219,7 @@ impl Default for CacheConfig {
 }
 
 /// One TLS listener.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListen {
     /// Address to bind, e.g. `"0.0.0.0:8443"`. Required.
@@ -231,7 +231,7 @@ pub struct TlsListen {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Admin {
     /// Address of the admin listener; empty string disables it. Default: `"127.0.0.1:9901"`.
@@ -247,7 +247,7 @@ impl Default for Admin {
 }
 
 /// Limits applied to every client connection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientLimits {
     /// Open client connections at most; further connections are closed at accept. Default 10000.
@@ -283,7 +283,7 @@ impl Default for ClientLimits {
 }
 
 /// One origin: where requests for some hosts go, and how its connections are pooled.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Origin {
     /// Name used in metrics and logs. Required, unique.

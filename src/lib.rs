@@ -28,6 +28,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod testkit;
@@ -36,9 +37,10 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -47,7 +49,8 @@ use tokio_util::task::TaskTracker;
 use config::ValidConfig;
 use metrics::Metrics;
 use proxy::Proxy;
-use server::ServerCtx;
+use server::{Live, ServerCtx};
+use tls::ReloadableCert;
 
 /// A running gateway.
 pub struct Gateway {
@@ -57,11 +60,28 @@ pub struct Gateway {
     pub tls_addrs: Vec<SocketAddr>,
     /// Bound admin listener.
     pub admin_addr: Option<SocketAddr>,
-    proxy: Arc<Proxy>,
+    live: Arc<Live>,
+    /// The configuration running now (the base of the next reload's plan).
+    running: Mutex<ValidConfig>,
+    /// One per TLS listener, in config order.
+    certs: Vec<Arc<ReloadableCert>>,
     metrics: Arc<Metrics>,
     shutdown_tx: watch::Sender<bool>,
     tracker: TaskTracker,
     drain_timeout: Duration,
+}
+
+/// What a successful [`Gateway::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Origins whose pools (connections, TLS sessions) were kept.
+    pub kept: Vec<String>,
+    /// Origins with a fresh pool (new, or connection settings changed).
+    pub fresh: Vec<String>,
+    /// Origins whose old pool drains (removed, or replaced by a fresh pool).
+    pub retired: Vec<String>,
+    /// Changed keys that need a restart to take effect.
+    pub needs_restart: Vec<&'static str>,
 }
 
 impl Gateway {
@@ -71,10 +91,13 @@ impl Gateway {
         let proxy = Arc::new(Proxy::new(&cfg, &metrics)?);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
+        let live = Arc::new(Live {
+            proxy: ArcSwap::new(proxy),
+            limits: ArcSwap::from_pointee(cfg.raw.client.clone()),
+        });
         let ctx = Arc::new(ServerCtx {
-            proxy: proxy.clone(),
+            live: live.clone(),
             metrics: metrics.clone(),
-            limits: cfg.raw.client.clone(),
             open: AtomicUsize::new(0),
             shutdown: shutdown_rx.clone(),
             tracker: tracker.clone(),
@@ -86,10 +109,11 @@ impl Gateway {
             tokio::spawn(server::accept_loop(l, None, ctx.clone()));
         }
         let mut tls_addrs = Vec::new();
+        let mut certs = Vec::new();
         for t in &cfg.listen_tls {
-            let certs = tls::load_certs(&t.cert)?;
-            let key = tls::load_key(&t.key)?;
-            let sc = tls::server_config(certs, key, &[b"http/1.1"])?;
+            let cert = ReloadableCert::load(&t.cert, &t.key)?;
+            let sc = tls::server_config(cert.clone(), &[b"http/1.1"])?;
+            certs.push(cert);
             let l = bind(t.addr).await?;
             tls_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
             tokio::spawn(server::accept_loop(
@@ -102,7 +126,7 @@ impl Gateway {
             Some(a) => {
                 let l = bind(a).await?;
                 let addr = l.local_addr().map_err(|e| e.to_string())?;
-                tokio::spawn(admin::serve(l, proxy.clone(), metrics.clone(), shutdown_rx));
+                tokio::spawn(admin::serve(l, live.clone(), metrics.clone(), shutdown_rx));
                 Some(addr)
             }
             None => None,
@@ -111,17 +135,83 @@ impl Gateway {
             http_addrs,
             tls_addrs,
             admin_addr,
-            proxy,
+            live,
+            drain_timeout: cfg.raw.client.drain_timeout.0,
+            running: Mutex::new(cfg),
+            certs,
             metrics,
             shutdown_tx,
             tracker,
-            drain_timeout: cfg.raw.client.drain_timeout.0,
         })
     }
 
+    /// Swaps in `new` (already validated) without dropping what it can keep: pools of origins
+    /// whose connection settings did not change keep their connections and TLS sessions, the
+    /// cache keeps its entries if `[cache]` did not change, listener certificates are re-read.
+    /// All or nothing: if a certificate or an origin's TLS setup fails to load, nothing changes
+    /// and the error names what failed. Counted in `muxgate_config_reloads_total{result}`.
+    pub fn reload(&self, new: ValidConfig) -> Result<ReloadReport, String> {
+        let r = self.try_reload(new);
+        let result = if r.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads_total
+            .get_or_create(&vec![("result", result.into())])
+            .inc();
+        r
+    }
+
+    fn try_reload(&self, new: ValidConfig) -> Result<ReloadReport, String> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = reload::plan(&running, &new);
+        // Load everything that can fail before swapping anything.
+        let mut keys = Vec::new();
+        for (i, t) in new.listen_tls.iter().enumerate().take(self.certs.len()) {
+            let key = ReloadableCert::load(&t.cert, &t.key)
+                .map_err(|e| format!("config error: key `listen_tls.{i}.cert`: {e}"))?;
+            keys.push(key.current());
+        }
+        let old = self.live.proxy.load_full();
+        let old_pools: Vec<Arc<upstream::OriginPool>> = old.origins().cloned().collect();
+        let pools: Vec<Option<Arc<upstream::OriginPool>>> = plan
+            .keep
+            .iter()
+            .map(|k| k.and_then(|i| old_pools.get(i).cloned()))
+            .collect();
+        let cache = plan.keep_cache.then(|| old.cache().cloned());
+        let proxy = Proxy::reusing(&new, &self.metrics, &pools, cache)?;
+        // Swap: certificates, then the request path, then the limits.
+        for (cert, key) in self.certs.iter().zip(keys) {
+            cert.set(key);
+        }
+        self.live.proxy.store(Arc::new(proxy));
+        self.live.limits.store(Arc::new(new.raw.client.clone()));
+        let name = |i: &usize| old_pools.get(*i).map(|p| p.name().to_string());
+        let report = ReloadReport {
+            kept: plan.keep.iter().flatten().filter_map(name).collect(),
+            fresh: plan
+                .keep
+                .iter()
+                .zip(&new.origins)
+                .filter(|(k, _)| k.is_none())
+                .map(|(_, o)| o.raw.name.clone())
+                .collect(),
+            retired: plan.retire.iter().filter_map(name).collect(),
+            needs_restart: plan.needs_restart.clone(),
+        };
+        // Retired pools drain as the old request path is dropped: requests in flight hold it
+        // and finish; each h2 connection closes once its last stream ends.
+        *running = new;
+        Ok(report)
+    }
+
     /// The pool of origin `name` (connection stats for tests and `/pool`).
-    pub fn origin(&self, name: &str) -> Option<&Arc<upstream::OriginPool>> {
-        self.proxy.origin(name)
+    pub fn origin(&self, name: &str) -> Option<Arc<upstream::OriginPool>> {
+        self.live.proxy.load().origin(name).cloned()
+    }
+
+    /// The certificate TLS listener `i` serves now.
+    pub fn tls_cert(&self, i: usize) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.certs.get(i).map(|c| c.current())
     }
 
     /// This instance's metrics.

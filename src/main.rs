@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             };
             init_logging("info", cfg.raw.log_format == "json");
             raise_nofile(cfg.raw.client.max_connections as u64 * 2 + 1024);
-            rt.block_on(run(cfg))
+            rt.block_on(run(cfg, cli.config))
         }
         Cmd::Origin {
             dir,
@@ -205,9 +205,10 @@ fn toml_string(c: &Config) -> Result<String, String> {
     ))
 }
 
-async fn run(cfg: muxgate::config::ValidConfig) -> ExitCode {
+async fn run(cfg: muxgate::config::ValidConfig, path: Option<PathBuf>) -> ExitCode {
     // Handlers first: a SIGTERM right after "listening" must drain, not kill.
     let stop = signal_future();
+    let mut hup = hangup_signal();
     let gw = match Gateway::start(cfg).await {
         Ok(g) => g,
         Err(e) => {
@@ -217,7 +218,13 @@ async fn run(cfg: muxgate::config::ValidConfig) -> ExitCode {
         }
     };
     tracing::info!(http = ?gw.http_addrs, tls = ?gw.tls_addrs, admin = ?gw.admin_addr, "muxgate listening");
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = hup.recv() => reload(&gw, path.as_deref()),
+        }
+    }
     tracing::info!("shutting down: draining in-flight requests");
     if gw.shutdown().await {
         tracing::info!("drained");
@@ -225,6 +232,56 @@ async fn run(cfg: muxgate::config::ValidConfig) -> ExitCode {
         tracing::warn!("drain timeout reached with requests in flight");
     }
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-read and validate the configuration, then swap it in; on any error keep running
+/// the old one. Either way one log line says what happened.
+fn reload(gw: &Gateway, path: Option<&std::path::Path>) {
+    let cfg = match Config::load(path).and_then(Config::validate) {
+        Ok(c) => c,
+        Err(e) => {
+            gw.metrics()
+                .config_reloads_total
+                .get_or_create(&vec![("result", "error".into())])
+                .inc();
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+            return;
+        }
+    };
+    match gw.reload(cfg) {
+        Ok(r) => {
+            if !r.needs_restart.is_empty() {
+                tracing::warn!(keys = ?r.needs_restart, "reload: these changes take effect only after a restart");
+            }
+            tracing::info!(kept = ?r.kept, fresh = ?r.fresh, retired = ?r.retired, "configuration reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
+    }
+}
+
+/// SIGHUP deliveries, one `()` each; never yields where there is no SIGHUP.
+fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        // A burst of SIGHUPs while a reload runs collapses into one more.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload disabled")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 async fn run_origin(dir: PathBuf, max_streams: u32, h1_only: bool) -> Result<(), String> {

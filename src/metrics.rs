@@ -50,6 +50,8 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     /// `muxgate_cache_size_bytes` (extension): weighed size of the store.
     pub cache_size_bytes: Gauge,
+    /// `muxgate_config_reloads_total{result="ok"|"error"}` (extension): SIGHUP reloads.
+    pub config_reloads_total: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +73,7 @@ impl Metrics {
             cache_requests_total: Family::default(),
             cache_entries: Gauge::default(),
             cache_size_bytes: Gauge::default(),
+            config_reloads_total: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -142,6 +145,11 @@ impl Metrics {
             "cache_size_bytes",
             "Weighed size of the response cache",
             m.cache_size_bytes.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            m.config_reloads_total.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

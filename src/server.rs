@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,14 +21,22 @@ use crate::config::ClientLimits;
 use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, Proxy};
 
+/// What a configuration reload swaps. Read once per request (the proxy: routes, pools, cache)
+/// or once per accepted connection (the limits), so a reload never disturbs a request in flight
+/// and a keep-alive connection picks up new routes with its next request.
+pub struct Live {
+    /// The request path.
+    pub proxy: ArcSwap<Proxy>,
+    /// Client limits.
+    pub limits: ArcSwap<ClientLimits>,
+}
+
 /// What every connection task needs.
 pub struct ServerCtx {
-    /// The request path.
-    pub proxy: Arc<Proxy>,
+    /// Routes, pools, cache and limits; swapped by a reload.
+    pub live: Arc<Live>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Limits.
-    pub limits: ClientLimits,
     /// Open client connections (all listeners).
     pub open: AtomicUsize,
     /// Flips to true on shutdown.
@@ -52,12 +61,13 @@ pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: A
             },
             _ = shutdown.changed() => return,
         };
-        if ctx.open.load(Ordering::Acquire) >= ctx.limits.max_connections {
+        let max = ctx.live.limits.load().max_connections;
+        if ctx.open.load(Ordering::Acquire) >= max {
             ctx.metrics
                 .downstream_refused_total
                 .get_or_create(&vec![("reason", "limit".into())])
                 .inc();
-            tracing::warn!(%peer, limit = ctx.limits.max_connections, "client connection refused: at client.max_connections");
+            tracing::warn!(%peer, limit = max, "client connection refused: at client.max_connections");
             drop(stream);
             continue;
         }
@@ -90,9 +100,8 @@ async fn serve_conn(
             serve_http1(stream, ClientInfo { peer, tls: false }, ctx).await
         }
         Some(acceptor) => {
-            let hs =
-                tokio::time::timeout(ctx.limits.tls_handshake_timeout.0, acceptor.accept(stream))
-                    .await;
+            let timeout = ctx.live.limits.load().tls_handshake_timeout.0;
+            let hs = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
             match hs {
                 Ok(Ok(s)) => {
                     count(ctx, "http/1.1+tls");
@@ -129,19 +138,20 @@ async fn serve_http1<S>(io: S, client: ClientInfo, ctx: &Arc<ServerCtx>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let proxy = ctx.proxy.clone();
+    let live = ctx.live.clone();
+    let limits = live.limits.load_full();
     let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
+        let proxy = live.proxy.load_full();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(ctx.limits.header_timeout.0)
+        .header_read_timeout(limits.header_timeout.0)
         // Twice the configured limits: between 1x and 2x the proxy answers 431/414 with a body.
-        .max_headers(ctx.limits.max_headers * 2)
-        .max_header_size(ctx.limits.max_header_size.0 as usize * 2)
-        .max_buf_size((ctx.limits.max_header_size.0 as usize * 2).max(8192) + 8192)
+        .max_headers(limits.max_headers * 2)
+        .max_header_size(limits.max_header_size.0 as usize * 2)
+        .max_buf_size((limits.max_header_size.0 as usize * 2).max(8192) + 8192)
         // Not `pipeline_flush(true)`: hyper then drops buffered responses (and its own 431) when
         // the connection closes with unread input.
         .keep_alive(true);

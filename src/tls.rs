@@ -9,7 +9,11 @@ use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use arc_swap::ArcSwap;
 
 /// The crypto provider used everywhere (ring: builds fast, no cmake).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -33,18 +37,62 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Server config for a client-facing TLS listener offering `alpn`.
+/// A listener's certificate and key, swappable while the listener runs: a reload
+/// (SIGHUP) stores a new pair and the next handshake uses it. Handshakes in progress and
+/// established connections keep the old one. The `ServerConfig` around it stays the same, so
+/// its session-ticket keys and cache survive a rotation and clients keep resuming.
+#[derive(Debug)]
+pub struct ReloadableCert(ArcSwap<CertifiedKey>);
+
+impl ReloadableCert {
+    /// Loads `cert` (PEM chain) and `key` (PEM) and checks they belong together.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<ReloadableCert>, String> {
+        Ok(Arc::new(ReloadableCert(ArcSwap::new(certified_key(
+            cert, key,
+        )?))))
+    }
+
+    /// Loads a new pair; on any error the current one stays in use.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        self.0.store(certified_key(cert, key)?);
+        Ok(())
+    }
+
+    /// Puts `key` in use for the next handshakes.
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        self.0.store(key);
+    }
+
+    /// The certificate chain in use (tests compare it after a rotation).
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.load_full()
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let certs = load_certs(cert)?;
+    let key = load_key(key)?;
+    CertifiedKey::from_der(certs, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| format!("certificate/key: {e}"))
+}
+
+/// Server config for a client-facing TLS listener offering `alpn`, certificate from `cert`.
 pub fn server_config(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    cert: Arc<ReloadableCert>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, String> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate/key: {e}"))?;
+        .with_cert_resolver(cert);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

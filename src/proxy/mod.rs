@@ -72,6 +72,18 @@ pub struct Proxy {
 impl Proxy {
     /// Builds pools for every origin of `cfg`.
     pub fn new(cfg: &ValidConfig, metrics: &Arc<Metrics>) -> Result<Proxy, String> {
+        Proxy::reusing(cfg, metrics, &[], None)
+    }
+
+    /// Builds the request path for `cfg`, taking over running parts (a live reload):
+    /// `pools[i]`, when `Some`, is the pool origin `i` keeps; `cache`, when `Some`, is the
+    /// running cache (or its absence) to keep.
+    pub fn reusing(
+        cfg: &ValidConfig,
+        metrics: &Arc<Metrics>,
+        pools: &[Option<Arc<OriginPool>>],
+        cache: Option<Option<Arc<CacheRt>>>,
+    ) -> Result<Proxy, String> {
         let router = Router::new(
             cfg.origins
                 .iter()
@@ -79,11 +91,16 @@ impl Proxy {
                 .map(|(i, o)| (i, o.raw.hosts.as_slice())),
         );
         let mut routes = Vec::new();
-        for o in &cfg.origins {
-            let pool = OriginPool::new(o, metrics.origin(&o.raw.name))
-                .map_err(|e| format!("origin {}: {e}", o.raw.name))?;
+        for (i, o) in cfg.origins.iter().enumerate() {
+            let pool = match pools.get(i).cloned().flatten() {
+                Some(p) => p,
+                None => Arc::new(
+                    OriginPool::new(o, metrics.origin(&o.raw.name))
+                        .map_err(|e| format!("origin {}: {e}", o.raw.name))?,
+                ),
+            };
             routes.push(Route {
-                pool: Arc::new(pool),
+                pool,
                 cache: o.raw.cache,
                 host_header: o
                     .raw
@@ -93,6 +110,10 @@ impl Proxy {
                 retry_buffer: o.raw.retry_buffer.0,
             });
         }
+        let cache = match cache {
+            Some(c) => c,
+            None => CacheRt::from_config(&cfg.raw.cache).map_err(|e| e.to_string())?,
+        };
         Ok(Proxy {
             router,
             routes,
@@ -102,7 +123,7 @@ impl Proxy {
                 max_size: cfg.raw.client.max_header_size.0 as usize,
                 max_count: cfg.raw.client.max_headers,
             },
-            cache: CacheRt::from_config(&cfg.raw.cache).map_err(|e| e.to_string())?,
+            cache,
             metrics: metrics.clone(),
         })
     }
