@@ -144,6 +144,11 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Log output: `"text"` (default) or `"json"`.
     pub log_format: String,
+    /// Bind client listeners with `SO_REUSEPORT`, so a new muxgate can start on the same
+    /// ports beside a running one (zero-downtime upgrade: start the new one, then SIGTERM the
+    /// old one, which stops accepting and drains). Default `true` (as HAProxy). With `false`,
+    /// a second instance on the same port fails to start with "address in use".
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
@@ -156,6 +161,7 @@ impl Default for Config {
             origins: Vec::new(),
             cache: CacheConfig::default(),
             log_format: "text".into(),
+            reuse_port: true,
         }
     }
 }

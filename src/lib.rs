@@ -104,7 +104,7 @@ impl Gateway {
         });
         let mut http_addrs = Vec::new();
         for a in &cfg.listen {
-            let l = bind(*a).await?;
+            let l = bind(*a, cfg.raw.reuse_port).await?;
             http_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
             tokio::spawn(server::accept_loop(l, None, ctx.clone()));
         }
@@ -114,7 +114,7 @@ impl Gateway {
             let cert = ReloadableCert::load(&t.cert, &t.key)?;
             let sc = tls::server_config(cert.clone(), &[b"http/1.1"])?;
             certs.push(cert);
-            let l = bind(t.addr).await?;
+            let l = bind(t.addr, cfg.raw.reuse_port).await?;
             tls_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
             tokio::spawn(server::accept_loop(
                 l,
@@ -124,7 +124,7 @@ impl Gateway {
         }
         let admin_addr = match cfg.admin {
             Some(a) => {
-                let l = bind(a).await?;
+                let l = bind(a, cfg.raw.reuse_port).await?;
                 let addr = l.local_addr().map_err(|e| e.to_string())?;
                 tokio::spawn(admin::serve(l, live.clone(), metrics.clone(), shutdown_rx));
                 Some(addr)
@@ -230,7 +230,10 @@ impl Gateway {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+/// Binds a listener. With `reuse_port` (client listeners, `reuse_port = true`), another process
+/// can bind the same address: the kernel spreads new connections over both until one closes
+/// its listener — the basis of the zero-downtime upgrade (README).
+async fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, String> {
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
@@ -239,6 +242,13 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     .map_err(|e| format!("listen {addr}: {e}"))?;
     sock.set_reuseaddr(true)
         .map_err(|e| format!("listen {addr}: {e}"))?;
+    #[cfg(unix)]
+    if reuse_port {
+        sock.set_reuseport(true)
+            .map_err(|e| format!("listen {addr}: SO_REUSEPORT: {e}"))?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
     sock.bind(addr).map_err(|e| format!("listen {addr}: {e}"))?;
     sock.listen(4096).map_err(|e| format!("listen {addr}: {e}"))
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod h2raw;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::Path;
