@@ -163,7 +163,18 @@ pub struct H2Conn {
     created: Instant,
     resumed: Option<bool>,
     served: AtomicU64,
+    /// Dropped with the last handle (pool slot or lease): tells the driver that no new stream
+    /// can start, so it closes the connection once what is left drains (see `RETIRE_GRACE`).
+    _retire: oneshot::Sender<()>,
 }
+
+/// How long a connection nobody holds any more (its pool was dropped, or it left the pool) may
+/// keep running for what is still on it: background drains of abandoned streams, bounded by
+/// `DRAIN_TIME`. Without this bound, streams h2 keeps queued locally (a peer that advertised
+/// SETTINGS_MAX_CONCURRENT_STREAMS = 0 and then went silent, with keepalive PINGs off) kept the
+/// connection open for ever after the pool was gone (fuzz_upstream_frames,
+/// crash-7d910302-conn-open-after-pool-drop).
+const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
 impl H2Conn {
     /// Opens a stream for `head` and starts sending `body` (`None`: END_STREAM with the headers).
@@ -635,8 +646,10 @@ async fn connect(
             burst: shared.reset_burst,
         }),
     });
+    let (retire_tx, retire_rx) = oneshot::channel::<()>();
     let h2c = Arc::new(H2Conn {
         id,
+        _retire: retire_tx,
         sender,
         ctl: ctl.clone(),
         created: Instant::now(),
@@ -670,14 +683,27 @@ async fn connect(
             }
             r
         });
-        tokio::select! {
-            r = drive => match r {
-                Ok(()) => tracing::debug!(%origin, conn = id, "h2 connection closed"),
-                Err(e) => tracing::warn!(%origin, conn = id, error = %e, "h2 connection failed"),
-            },
+        tokio::pin!(drive);
+        let ended = tokio::select! {
+            r = &mut drive => Some(r),
             why = keepalive_loop(ping, keepalive) => {
                 tracing::warn!(%origin, conn = id, reason = why, "h2 connection dead: closing it");
+                None
             }
+            _ = retire_rx => {
+                // Nobody can start a stream on it any more; h2 closes it by itself once its
+                // streams are done, unless some can never finish.
+                let r = tokio::time::timeout(RETIRE_GRACE, &mut drive).await;
+                if r.is_err() {
+                    tracing::debug!(%origin, conn = id, "h2 connection retired: closing it after the grace period");
+                }
+                r.ok()
+            }
+        };
+        match ended {
+            Some(Ok(())) => tracing::debug!(%origin, conn = id, "h2 connection closed"),
+            Some(Err(e)) => tracing::warn!(%origin, conn = id, error = %e, "h2 connection failed"),
+            None => {}
         }
         // Dropping the connection here fails its remaining streams (as a reset).
         ctl.closed.store(true, Ordering::Release);
