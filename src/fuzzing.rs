@@ -697,10 +697,12 @@ async fn serve_like_server(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout.0)
-        .max_headers(limits.max_headers * 2)
         .max_header_size(limits.max_header_size.0 as usize * 2)
         .max_buf_size((limits.max_header_size.0 as usize * 2).max(8192) + 8192)
         .keep_alive(true);
+    if let Some(n) = crate::server::hyper_max_headers(limits) {
+        builder.max_headers(n);
+    }
     let _ = builder.serve_connection(TokioIo::new(io), svc).await;
 }
 

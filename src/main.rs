@@ -66,6 +66,26 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
+    /// Benchmark helper: a fixed number of keep-alive HTTP/1.1 GETs over N connections
+    /// (plain TCP); prints requests, errors, req/s, p50/p99.
+    #[command(hide = true)]
+    Load {
+        /// Target address.
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// Host header.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// Path.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Requests in all.
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+    },
     /// Benchmark helper: run the test-kit origin (TLS, ALPN h2 + http/1.1) in its own process.
     /// Writes ca.pem/cert.pem/key.pem into DIR, prints `listening ADDR`, serves until killed.
     #[command(hide = true)]
@@ -132,6 +152,38 @@ fn main() -> ExitCode {
             init_logging("info", cfg.raw.log_format == "json");
             raise_nofile(cfg.raw.client.max_connections as u64 * 2 + 1024);
             rt.block_on(run(cfg, cli.config))
+        }
+        Cmd::Load {
+            target,
+            host,
+            path,
+            connections,
+            requests,
+        } => {
+            init_logging("warn", false);
+            raise_nofile(connections as u64 * 2 + 256);
+            let spec = muxgate::testkit::load::LoadSpec {
+                target,
+                tls: None,
+                host,
+                path,
+                connections,
+                requests,
+            };
+            let r = rt.block_on(muxgate::testkit::load::run(spec));
+            println!(
+                "requests {} errors {} rps {:.0} p50_ms {:.2} p99_ms {:.2}",
+                r.requests,
+                r.errors,
+                r.rps(),
+                r.quantile(0.5).as_secs_f64() * 1e3,
+                r.quantile(0.99).as_secs_f64() * 1e3
+            );
+            if r.errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Cmd::Origin {
             dir,

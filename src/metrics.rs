@@ -202,6 +202,7 @@ impl Metrics {
             handshakes_resumed,
             streams_active,
             duration,
+            by_status: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
             all: self.clone(),
         }
     }
@@ -227,6 +228,10 @@ pub struct OriginMetrics {
     pub streams_active: Gauge,
     /// Request duration.
     pub duration: Histogram,
+    /// `requests_total{origin,status}` handles for statuses 100..=599, resolved on first use:
+    /// the family lookup (label allocation, hashing, a lock) cost ~1,300 instructions per
+    /// request in bench/callgrind.sh.
+    by_status: Arc<[std::sync::OnceLock<Counter>]>,
     all: Arc<Metrics>,
 }
 
@@ -252,12 +257,23 @@ impl OriginMetrics {
 
     /// Counts one answered request.
     pub fn request(&self, status: u16) {
+        let slot = usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| self.by_status.get(i));
+        if let Some(slot) = slot {
+            slot.get_or_init(|| self.status_counter(status)).inc();
+            return;
+        }
+        self.status_counter(status).inc();
+    }
+
+    fn status_counter(&self, status: u16) -> Counter {
         self.all
             .requests_total
             .get_or_create(&vec![
                 ("origin", self.name.clone()),
                 ("status", status.to_string()),
             ])
-            .inc();
+            .clone()
     }
 }

@@ -874,8 +874,36 @@ impl Drop for H2Body {
             // Abandoned mid-body (client gone): reset it, within the connection's budget.
             return;
         }
+        let mut recv = recv;
+        if complete && finish_buffered(&mut recv) {
+            return;
+        }
         // Complete by length (only END_STREAM missing), or out of reset budget: read the rest.
         tokio::spawn(drain(recv));
+    }
+}
+
+/// Consumes what is already buffered on a stream whose body is complete: usually the origin's
+/// END_STREAM (an empty DATA frame or trailers) came in with the last DATA frame, and checking
+/// without waiting saves spawning a drain task per response (~2,000 instructions per request
+/// in bench/callgrind.sh). True if the stream reached its end.
+fn finish_buffered(recv: &mut RecvStream) -> bool {
+    use std::task::Poll;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        match recv.poll_data(&mut cx) {
+            // Only empty frames are expected here; anything else goes to the bounded drain.
+            Poll::Ready(Some(Ok(d))) if d.is_empty() => continue,
+            Poll::Ready(None) => {
+                return matches!(recv.poll_trailers(&mut cx), Poll::Ready(Ok(_)));
+            }
+            Poll::Ready(Some(Ok(d))) => {
+                let _ = recv.flow_control().release_capacity(d.len());
+                return false;
+            }
+            Poll::Ready(Some(Err(_))) => return true,
+            Poll::Pending => return false,
+        }
     }
 }
 

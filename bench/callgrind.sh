@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Instructions per proxied request in the gateway process, counted by valgrind's callgrind:
+# repeatable for the same binary and inputs whatever else the machine is doing, so a change's
+# effect on CPU per request shows even on a shared, noisy machine (wall-clock benchmarks are
+# bench/compare.sh). The origin (`muxgate origin`: TLS, ALPN h2, 1 KiB at /bytes/1024) and the
+# load client (`muxgate load`: keep-alive HTTP/1.1) run in their own processes, uncounted.
+# Counters are zeroed after a warm-up, so dialling and TLS setup are not in the figure.
+#
+# Usage: bench/callgrind.sh [REQUESTS] [CONNECTIONS] [PATH]    (default 20000 50 /bytes/1024)
+# Needs valgrind (apt-get install valgrind). Loopback only; stops everything it starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-20000}
+c=${2:-50}
+path=${3:-/bytes/1024}
+command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+cargo build --release --quiet
+bin=$PWD/target/release/muxgate
+dir=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+
+"$bin" origin --dir "$dir" >"$dir/origin.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
+origin=$(awk '/listening/ {print $2}' "$dir/origin.out")
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$dir/gw.toml" <<TOML
+listen = ["127.0.0.1:$port"]
+[admin]
+listen = ""
+[[origins]]
+name = "app"
+hosts = ["*"]
+url = "https://localhost:${origin##*:}"
+tls_ca = "$dir/ca.pem"
+TOML
+
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
+    "$bin" run -c "$dir/gw.toml" 2>"$dir/gw.err" &
+gw=$!
+pids+=($gw)
+for _ in $(seq 600); do
+    "$bin" load --target "127.0.0.1:$port" --path "$path" --connections 1 --requests 1 >/dev/null 2>&1 && break
+    sleep 0.2
+done
+"$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests 2000 >/dev/null
+callgrind_control --zero "$gw" >/dev/null 2>&1
+out=$("$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests "$n")
+callgrind_control --dump=measured "$gw" >/dev/null 2>&1
+sleep 1
+dump=$(ls -t "$dir"/cg.out* | head -1)
+cp "$dump" /tmp/callgrind-last.out
+ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
+echo "# callgrind: $n requests of $path over $c keep-alive connections ($(git rev-parse --short HEAD))"
+echo "load: $out"
+echo "gateway instructions: $ir total, $((ir / n)) per request"
+echo
+echo "top functions (inclusive of nothing; self cost):"
+callgrind_annotate --threshold=80 "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ ' | head -25
