@@ -153,10 +153,11 @@ fn pool_json(proxy: &Proxy) -> String {
                         "age_seconds": c.age.as_secs_f64(),
                         "requests": c.served,
                         "handshake": match c.resumed { Some(true) => "resumed", Some(false) => "full", None => "none" },
+                        "peer": c.peer.map(|p| p.to_string()),
                     })
                 })
                 .collect();
-            serde_json::json!({"origin": o.name(), "protocol": o.protocol(), "connections": conns})
+            serde_json::json!({"origin": o.name(), "protocol": o.protocol(), "resolved": o.resolved(), "connections": conns})
         })
         .collect();
     let mut s = serde_json::Value::Array(origins).to_string();
