@@ -836,6 +836,28 @@ url = "https://127.0.0.1:8443"
     }
 
     #[test]
+    fn dns_keys() {
+        let base = "[[origins]]\nname=\"a\"\nhosts=[\"*\"]\nurl=\"https://app.test\"\n";
+        let c = Config::from_toml(base).unwrap().validate().unwrap();
+        assert_eq!(c.origins[0].raw.resolve_interval.0, Duration::from_secs(30));
+        assert_eq!(c.origins[0].hosts_file, None);
+        let e = Config::from_toml(&format!("{base}resolve_interval = \"0s\"\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "origins.0.resolve_interval", "{e}");
+        let e = Config::from_toml(&format!(
+            "[dns]\nhosts_file = \"/nonexistent/hosts\"\n{base}"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.key, "dns.hosts_file", "{e}");
+        let e = Config::from_toml("[dns]\nbogus = 1\n").unwrap_err();
+        assert!(e.key.contains("dns"), "{e}");
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(ByteSize::parse("256MiB"), Ok(ByteSize(256 << 20)));
         assert_eq!(ByteSize::parse("1kb"), Ok(ByteSize(1000)));

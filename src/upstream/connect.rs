@@ -15,6 +15,7 @@
 //! the pools above then run unchanged over [`Transport::Memory`].
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -320,16 +321,20 @@ impl Connector {
         let failure = match answer {
             Ok(Ok(r)) if !r.addrs.is_empty() => {
                 self.metrics.dns(true);
+                // Dialled in the resolver's order (getaddrinfo sorts by RFC 6724 preference);
+                // compared as sets, so a mere reordering neither counts as a change nor
+                // drains anything, while the new order still applies to new dials.
                 let mut addrs = r.addrs;
-                // Sorted so a reordering by the resolver is not a change.
-                addrs.sort();
-                addrs.dedup();
+                let mut seen = HashSet::new();
+                addrs.retain(|a| seen.insert(*a));
                 let mut cur = s.addrs.lock().unwrap_or_else(|p| p.into_inner());
-                let changed = **cur != *addrs;
-                if changed {
-                    tracing::info!(origin = %self.origin, host = %s.host, from = ?&**cur, to = ?addrs, "origin addresses changed");
+                let changed = cur.iter().copied().collect::<HashSet<_>>() != seen;
+                if changed || **cur != *addrs {
+                    if changed {
+                        tracing::info!(origin = %self.origin, host = %s.host, from = ?&**cur, to = ?addrs, "origin addresses changed");
+                        self.generation.fetch_add(1, Ordering::AcqRel);
+                    }
                     *cur = addrs.into();
-                    self.generation.fetch_add(1, Ordering::AcqRel);
                 }
                 return Ok((changed, r.ttl));
             }
@@ -466,4 +471,119 @@ async fn tcp(host: &str, addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr)
     Err(Error::Connect(last.unwrap_or_else(|| {
         format!("{host} resolved to no address")
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::upstream::resolve::{ResolveFuture, Resolved};
+
+    /// Answers from a list the test changes; counts lookups.
+    struct Scripted {
+        answer: Mutex<io::Result<Resolved>>,
+        lookups: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn set(&self, a: io::Result<Resolved>) {
+            *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = a;
+        }
+    }
+
+    impl Resolver for Scripted {
+        fn resolve<'a>(&'a self, _host: &'a str, _port: u16) -> ResolveFuture<'a> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let a = match &*self.answer.lock().unwrap_or_else(|p| p.into_inner()) {
+                Ok(r) => Ok(r.clone()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            Box::pin(async move { a })
+        }
+    }
+
+    fn ok(addrs: &[&str], ttl: Option<u64>) -> io::Result<Resolved> {
+        Ok(Resolved {
+            addrs: addrs.iter().map(|a| a.parse().expect("addr")).collect(),
+            ttl: ttl.map(Duration::from_secs),
+        })
+    }
+
+    fn connector(extra: &str) -> (Connector, Arc<Scripted>, Arc<Metrics>) {
+        let toml = format!(
+            "[[origins]]\nname = \"o\"\nhosts = [\"*\"]\nurl = \"http://app.test:80\"\nresolve_interval = \"30s\"\n{extra}\n"
+        );
+        let cfg = Config::from_toml(&toml)
+            .and_then(Config::validate)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Metrics::new();
+        let mut c = Connector::new(&cfg.origins[0], metrics.origin("o")).expect("connector");
+        let r = Arc::new(Scripted {
+            answer: Mutex::new(ok(&[], None)),
+            lookups: AtomicUsize::new(0),
+        });
+        c.set_resolver(r.clone());
+        (c, r, metrics)
+    }
+
+    fn count(m: &Metrics, result: &str) -> bool {
+        m.render().contains(&format!(
+            "muxgate_dns_resolutions_total{{origin=\"o\",result=\"{result}\"}}"
+        ))
+    }
+
+    #[tokio::test]
+    async fn refresh_replaces_keeps_and_honours_ttl() {
+        let (c, r, m) = connector("");
+        let a: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+        assert!(!c.resolved());
+        // Nothing yet, and an empty answer: retried soon, not after the whole interval.
+        let out = c.refresh().await;
+        assert!(!out.changed && out.next == UNRESOLVED_RETRY);
+        assert!(count(&m, "error"));
+
+        r.set(ok(&["10.0.0.1:80"], None));
+        let g0 = c.generation();
+        let out = c.refresh().await;
+        assert!(out.changed && out.next == Duration::from_secs(30));
+        assert!(c.resolved() && c.is_current(Some(a)) && !c.is_current(Some(b)));
+        assert!(c.generation() != g0 && count(&m, "ok"));
+
+        // The same answer again is no change; a TTL shorter than the interval wins, but a
+        // zero TTL is raised to MIN_TTL.
+        r.set(ok(&["10.0.0.1:80", "10.0.0.1:80"], Some(5)));
+        let g1 = c.generation();
+        let out = c.refresh().await;
+        assert!(!out.changed && out.next == Duration::from_secs(5));
+        assert_eq!(c.generation(), g1);
+        r.set(ok(&["10.0.0.1:80"], Some(0)));
+        assert_eq!(c.refresh().await.next, MIN_TTL);
+
+        // Errors and empty answers keep the last good address.
+        r.set(Err(io::Error::new(io::ErrorKind::NotFound, "gone")));
+        assert!(!c.refresh().await.changed);
+        r.set(ok(&[], None));
+        let out = c.refresh().await;
+        assert!(!out.changed && out.next == Duration::from_secs(30));
+        assert!(c.is_current(Some(a)) && c.resolved());
+
+        r.set(ok(&["10.0.0.2:80"], None));
+        assert!(c.refresh().await.changed);
+        assert!(!c.is_current(Some(a)) && c.is_current(Some(b)));
+        // In-memory connections have no address and are never stale.
+        assert!(c.is_current(None));
+    }
+
+    #[tokio::test]
+    async fn ip_literals_are_never_resolved() {
+        let (c, r, _) = connector("servers = [\"127.0.0.9:8080\", \"[::1]:8080\"]");
+        assert!(c.resolved());
+        assert!(!c.needs_refresh());
+        assert!(c.is_current(Some("127.0.0.9:8080".parse().expect("addr"))));
+        assert!(c.is_current(Some("[::1]:8080".parse().expect("addr"))));
+        let _ = c.refresh().await;
+        assert_eq!(r.lookups.load(Ordering::SeqCst), 0);
+    }
 }
