@@ -11,7 +11,8 @@
 //! - [`server`]: client listeners, TLS termination, limits, graceful shutdown.
 //! - [`route`]: host → origin.
 //! - [`proxy`]: request/response translation, access log.
-//! - [`upstream`]: dialling, the multiplexed HTTP/2 pool, the HTTP/1.1 pool, retries.
+//! - [`upstream`]: name resolution and re-resolution, dialling, the multiplexed HTTP/2 pool,
+//!   the HTTP/1.1 pool, retries.
 //! - [`admin`]: `/healthz`, `/metrics`, `/pool`.
 //! - [`metrics`], [`error`], [`tls`]: shared definitions.
 //! - [`testkit`]: in-process origins, certificates and a load client, used by `demo`, tests and

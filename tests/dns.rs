@@ -240,6 +240,18 @@ async fn moves_from_a_to_b(builder: OriginBuilder, protocol: &str) {
         "A served after it was drained"
     );
     assert!(conns_on(&gw, B_IP) >= 1 || protocol == "http/1.1");
+    // `/pool` shows where each connection goes.
+    let v: serde_json::Value =
+        serde_json::from_slice(&admin_get(&gw, "/pool").await.body).expect("JSON");
+    assert_eq!(v[0]["resolved"], true, "{v}");
+    if protocol == "h2" {
+        let b_peer = SocketAddr::from((B_IP, b.addr.port())).to_string();
+        let conns = v[0]["connections"].as_array().expect("connections");
+        assert!(
+            !conns.is_empty() && conns.iter().all(|c| c["peer"] == b_peer.as_str()),
+            "{v}"
+        );
+    }
     let (ok, errors) = load.finish().await;
     eprintln!(
         "{protocol}: {ok} requests, {errors} errors; B served {:.0?} after the switch, A closed \
