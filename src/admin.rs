@@ -1,6 +1,7 @@
-//! The admin listener: `/healthz`, `/metrics` (Prometheus text), `/pool` (JSON view of every
-//! origin's connections), `POST /cache/purge?key=K` or `?prefix=P` (drops stored responses;
-//! answers the count). Separate from client traffic; never proxies.
+//! The admin listener: `/healthz`, `/readyz` (every origin resolved), `/metrics` (Prometheus
+//! text), `/pool` (JSON view of every origin's connections), `POST /cache/purge?key=K` or
+//! `?prefix=P` (drops stored responses; answers the count). Separate from client traffic;
+//! never proxies.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub async fn serve(
 fn route(req: &Request<Incoming>, proxy: &Proxy, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => readiness(proxy),
         "/metrics" => {
             if let Some(c) = proxy.cache() {
                 let (entries, bytes) = c.store.usage();
@@ -75,6 +77,29 @@ fn route(req: &Request<Incoming>, proxy: &Proxy, metrics: &Metrics) -> Response<
         header::HeaderValue::from_static(ctype),
     );
     r
+}
+
+/// `/readyz`: ready for traffic once every origin's names resolved to at least one address.
+/// The listeners are bound before the admin listener starts, and it stops accepting when a
+/// drain begins, so a load balancer polling it takes the instance out before it goes away.
+fn readiness(proxy: &Proxy) -> (StatusCode, &'static str, String) {
+    let waiting: Vec<&str> = proxy
+        .origins()
+        .filter(|p| !p.resolved())
+        .map(|p| p.name())
+        .collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "text/plain", "ready\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!(
+                "not ready: origin names not resolved yet: {}\n",
+                waiting.join(", ")
+            ),
+        )
+    }
 }
 
 /// `POST /cache/purge?key=K` drops one key; `?prefix=P` every key starting with P. Keys are
@@ -154,10 +179,11 @@ fn pool_json(proxy: &Proxy) -> String {
                         "age_seconds": c.age.as_secs_f64(),
                         "requests": c.served,
                         "handshake": match c.resumed { Some(true) => "resumed", Some(false) => "full", None => "none" },
+                        "peer": c.peer.map(|p| p.to_string()),
                     })
                 })
                 .collect();
-            serde_json::json!({"origin": o.name(), "protocol": o.protocol(), "connections": conns})
+            serde_json::json!({"origin": o.name(), "protocol": o.protocol(), "resolved": o.resolved(), "connections": conns})
         })
         .collect();
     let mut s = serde_json::Value::Array(origins).to_string();

@@ -142,6 +142,8 @@ pub struct Config {
     pub origins: Vec<Origin>,
     /// The response cache.
     pub cache: CacheConfig,
+    /// How origin host names are resolved.
+    pub dns: DnsConfig,
     /// Log output: `"text"` (default) or `"json"`.
     pub log_format: String,
     /// Bind client listeners with `SO_REUSEPORT`, so a new muxgate can start on the same
@@ -160,6 +162,7 @@ impl Default for Config {
             client: ClientLimits::default(),
             origins: Vec::new(),
             cache: CacheConfig::default(),
+            dns: DnsConfig::default(),
             log_format: "text".into(),
             reuse_port: true,
         }
@@ -222,6 +225,16 @@ impl Default for CacheConfig {
             targeted_field: "muxgate-cache-control".into(),
         }
     }
+}
+
+/// `[dns]`: where origin host names are looked up. Each origin re-resolves its names every
+/// `resolve_interval`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// A file in hosts(5) format used instead of the system resolver, re-read on every
+    /// resolution (no TTL). Default: none (the system resolver, getaddrinfo).
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// One TLS listener.
@@ -303,6 +316,10 @@ pub struct Origin {
     /// is ejected for `server_backoff`, doubling per failure up to `server_backoff_max`.
     /// Default: none.
     pub servers: Vec<String>,
+    /// Host names (of the URL or `servers`) are resolved at start and again this often (or after
+    /// the resolver's TTL, if shorter); connections to addresses no longer listed drain. A failed
+    /// resolution keeps the last good addresses. Must be > 0. Default `"30s"`.
+    pub resolve_interval: HumanDuration,
     /// First ejection time of a failing server. Default `"1s"`.
     pub server_backoff: HumanDuration,
     /// Longest ejection time. Default `"30s"`.
@@ -375,6 +392,7 @@ impl Default for Origin {
             hosts: Vec::new(),
             url: String::new(),
             servers: Vec::new(),
+            resolve_interval: secs(30),
             server_backoff: secs(1),
             server_backoff_max: secs(30),
             tls_ca: None,
@@ -440,6 +458,8 @@ pub struct ValidOrigin {
     pub port: u16,
     /// Where to connect: `servers`, or the URL's host and port.
     pub servers: Vec<(String, u16)>,
+    /// `[dns] hosts_file`: resolve names from this file instead of the system resolver.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// A configuration that passed [`Config::validate`].
@@ -541,13 +561,19 @@ impl Config {
             http::HeaderName::from_bytes(self.cache.targeted_field.as_bytes())
                 .map_err(|_| err("cache.targeted_field", "not a header name"))?;
         }
+        if let Some(p) = &self.dns.hosts_file {
+            // Checked here so a typo is caught by `muxgate check`; a file that becomes
+            // unreadable later only makes re-resolution keep the last good addresses.
+            existing_file("dns.hosts_file", p)?;
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(err("log_format", "must be \"text\" or \"json\""));
         }
         let mut origins = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, o) in self.origins.iter().enumerate() {
-            let v = validate_origin(&format!("origins.{i}"), o)?;
+            let mut v = validate_origin(&format!("origins.{i}"), o)?;
+            v.hosts_file = self.dns.hosts_file.clone();
             if !names.insert(o.name.clone()) {
                 return Err(err(
                     format!("origins.{i}.name"),
@@ -636,6 +662,7 @@ fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
         ("pending_timeout", o.pending_timeout),
         ("idle_timeout", o.idle_timeout),
         ("keepalive_timeout", o.keepalive_timeout),
+        ("resolve_interval", o.resolve_interval),
     ] {
         if d.0.is_zero() {
             return Err(err(format!("{k}.{key}"), "must be greater than zero"));
@@ -685,6 +712,7 @@ fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
         host,
         port,
         servers,
+        hosts_file: None,
     })
 }
 
@@ -811,6 +839,28 @@ url = "https://127.0.0.1:8443"
             .validate()
             .unwrap_err();
         assert_eq!(e.key, "listen_tls.0.cert");
+    }
+
+    #[test]
+    fn dns_keys() {
+        let base = "[[origins]]\nname=\"a\"\nhosts=[\"*\"]\nurl=\"https://app.test\"\n";
+        let c = Config::from_toml(base).unwrap().validate().unwrap();
+        assert_eq!(c.origins[0].raw.resolve_interval.0, Duration::from_secs(30));
+        assert_eq!(c.origins[0].hosts_file, None);
+        let e = Config::from_toml(&format!("{base}resolve_interval = \"0s\"\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "origins.0.resolve_interval", "{e}");
+        let e = Config::from_toml(&format!(
+            "[dns]\nhosts_file = \"/nonexistent/hosts\"\n{base}"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.key, "dns.hosts_file", "{e}");
+        let e = Config::from_toml("[dns]\nbogus = 1\n").unwrap_err();
+        assert!(e.key.contains("dns"), "{e}");
     }
 
     #[test]

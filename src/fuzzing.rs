@@ -341,6 +341,7 @@ pub fn upstream_frames(rt: Runtime, data: &[u8]) {
                 io: Transport::Memory(gateway_end),
                 h2,
                 resumed: None,
+                peer: None,
             })
         });
         let pool = with_dialer(dialer, || OriginPool::new(&origin, om.clone()))
@@ -634,6 +635,7 @@ pub fn downstream_h1(rt: Runtime, data: &[u8]) {
                 io: Transport::Memory(gateway_end),
                 h2: true,
                 resumed: None,
+                peer: None,
             })
         });
         let metrics = Metrics::new();

@@ -11,7 +11,8 @@
 //! - [`server`]: client listeners, TLS termination, limits, graceful shutdown.
 //! - [`route`]: host → origin.
 //! - [`proxy`]: request/response translation, access log.
-//! - [`upstream`]: dialling, the multiplexed HTTP/2 pool, the HTTP/1.1 pool, retries.
+//! - [`upstream`]: name resolution and re-resolution, dialling, the multiplexed HTTP/2 pool,
+//!   the HTTP/1.1 pool, retries.
 //! - [`admin`]: `/healthz`, `/metrics`, `/pool`.
 //! - [`metrics`], [`error`], [`tls`]: shared definitions.
 //! - [`testkit`]: in-process origins, certificates and a load client, used by `demo`, tests and
@@ -198,8 +199,13 @@ impl Gateway {
             retired: plan.retire.iter().filter_map(name).collect(),
             needs_restart: plan.needs_restart.clone(),
         };
-        // Retired pools drain as the old request path is dropped: requests in flight hold it
-        // and finish; each h2 connection closes once its last stream ends.
+        // Retired pools drain: no new streams on their connections, requests in flight finish,
+        // each connection closes once its last stream ends.
+        for i in &plan.retire {
+            if let Some(p) = old_pools.get(*i) {
+                p.drain_all();
+            }
+        }
         *running = new;
         Ok(report)
     }

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub request_duration_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// `muxgate_cache_requests_total{status}`
     pub cache_requests_total: Family<Labels, Counter>,
+    /// `muxgate_dns_resolutions_total{origin,result}` (extension): re-resolutions of origin host
+    /// names, `result` = `ok` or `error` (failed or empty answer; the last good addresses stay).
+    pub dns_resolutions_total: Family<Labels, Counter>,
     /// `muxgate_cache_entries` (extension): stored keys.
     pub cache_entries: Gauge,
     /// `muxgate_cache_size_bytes` (extension): weighed size of the store.
@@ -71,6 +74,7 @@ impl Metrics {
             requests_total: Family::default(),
             request_duration_seconds: Family::new_with_constructor(histogram),
             cache_requests_total: Family::default(),
+            dns_resolutions_total: Family::default(),
             cache_entries: Gauge::default(),
             cache_size_bytes: Gauge::default(),
             config_reloads_total: Family::default(),
@@ -135,6 +139,11 @@ impl Metrics {
             "cache_requests",
             "Cache lookups by X-Cache-Status",
             m.cache_requests_total.clone(),
+        );
+        registry.register(
+            "dns_resolutions",
+            "Resolutions of origin host names, by result (ok, error)",
+            m.dns_resolutions_total.clone(),
         );
         registry.register(
             "cache_entries",
@@ -251,6 +260,17 @@ impl OriginMetrics {
             .get_or_create(&vec![
                 ("origin", self.name.clone()),
                 ("reason", reason.into()),
+            ])
+            .inc();
+    }
+
+    /// Counts one resolution of an origin host name (`ok`: a non-empty answer).
+    pub fn dns(&self, ok: bool) {
+        self.all
+            .dns_resolutions_total
+            .get_or_create(&vec![
+                ("origin", self.name.clone()),
+                ("result", if ok { "ok" } else { "error" }.into()),
             ])
             .inc();
     }

@@ -5,9 +5,9 @@
 //! The point of muxgate is its long-lived origin connections and resumable TLS sessions, so a
 //! reload keeps an origin's pool whenever nothing that shapes its connections changed: routing
 //! (`hosts`), caching (`cache`), `host_header` and `retry_buffer` are read per request and may
-//! change freely. Any other origin key (URL, servers, TLS, pool limits, timeouts, windows…)
-//! builds a fresh pool; the old one drains (in-flight requests finish on it, new requests go to
-//! the new one). Listener addresses cannot move without a restart (the sockets are bound); a
+//! change freely. Any other origin key (URL, servers, TLS, pool limits, timeouts, windows…), or
+//! `[dns] hosts_file`, builds a fresh pool; the old one drains (in-flight requests finish on it,
+//! new requests go to the new one). Listener addresses cannot move without a restart (the sockets are bound); a
 //! change to them is reported, not applied.
 
 use crate::config::{CacheConfig, Origin, ValidConfig};

@@ -50,6 +50,8 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub struct OriginStats {
     /// TCP connections accepted.
     pub connections: AtomicU64,
+    /// TCP connections open now (accepted, not yet closed by either side).
+    pub open: AtomicU64,
     /// Full TLS handshakes.
     pub full_handshakes: AtomicU64,
     /// Resumed TLS handshakes.
@@ -140,9 +142,16 @@ impl OriginBuilder {
 
     /// Binds 127.0.0.1:0 and serves until the returned handle is dropped.
     pub async fn start(self, pki: &Pki) -> Result<RunningOrigin, String> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        self.start_on(SocketAddr::from(([127, 0, 0, 1], 0)), pki)
             .await
-            .map_err(|e| e.to_string())?;
+    }
+
+    /// Binds `addr` (e.g. another loopback address on a port already used on 127.0.0.1, to
+    /// stand for a second host of one name) and serves until the returned handle is dropped.
+    pub async fn start_on(self, addr: SocketAddr, pki: &Pki) -> Result<RunningOrigin, String> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("bind {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let acceptor = match &self.alpn {
             Some(alpn) => {
@@ -199,10 +208,12 @@ async fn accept_loop(
         let (cfg, stats, acceptor, mut stop) =
             (cfg.clone(), stats.clone(), acceptor.clone(), stop.clone());
         tokio::spawn(async move {
+            stats.open.fetch_add(1, Ordering::SeqCst);
             tokio::select! {
-                _ = serve(stream, acceptor, cfg, stats) => {}
+                _ = serve(stream, acceptor, cfg, stats.clone()) => {}
                 _ = stop.changed() => {}
             }
+            stats.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

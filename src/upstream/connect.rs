@@ -1,13 +1,25 @@
-//! Dialling an origin: DNS, TCP connect (with timeout), TLS handshake with ALPN (with timeout).
-//! Counts full vs resumed handshakes. Knows nothing about pools or HTTP.
+//! Dialling an origin: the current addresses of each server entry (resolved with a
+//! [`Resolver`], re-resolved by [`Connector::refresh`]), TCP connect (with timeout), TLS
+//! handshake with ALPN (with timeout), passive health per server entry. Counts full vs resumed
+//! handshakes. Knows nothing about pools or HTTP: which connections drain when an address
+//! disappears is decided by the pools, from [`Connector::is_current`].
+//!
+//! # Addresses
+//! Each server entry keeps its last good address list. A resolution that fails or answers
+//! nothing leaves it unchanged (and is logged and counted); an IP literal is its own address
+//! and is never resolved. A dial uses the list as it is; only an entry that never resolved
+//! resolves on the dial itself, so a gateway whose DNS was down at start recovers on the first
+//! request after it comes back.
 //!
 //! Fuzz targets and tests can replace the network with an in-memory [`Dialer`] ([`with_dialer`]):
 //! the pools above then run unchanged over [`Transport::Memory`].
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +35,13 @@ use tokio_rustls::TlsConnector;
 use crate::config::{Scheme, ValidOrigin};
 use crate::error::Error;
 use crate::metrics::OriginMetrics;
+
+use super::resolve::{self, Resolver};
+
+/// A TTL shorter than this is not honoured (a zero TTL would make the refresh spin).
+const MIN_TTL: Duration = Duration::from_secs(1);
+/// While an entry has no address at all, retry at least this often.
+const UNRESOLVED_RETRY: Duration = Duration::from_secs(1);
 
 /// The transport of one origin connection.
 pub enum Transport {
@@ -128,12 +147,19 @@ pub struct Connected {
     pub h2: bool,
     /// TLS handshake kind: `Some(true)` resumed, `Some(false)` full, `None` cleartext.
     pub resumed: Option<bool>,
+    /// The address dialled (`None` for an in-memory [`Dialer`]).
+    pub peer: Option<SocketAddr>,
 }
 
-/// One address of an origin (`servers`, or the URL's host and port), with its health.
+/// One server entry of an origin (`servers`, or the URL's host and port): its current
+/// addresses and its health.
 struct Server {
     host: String,
     port: u16,
+    /// An IP literal: `addrs` is fixed, never resolved.
+    literal: bool,
+    /// The last good answer (empty until the first one).
+    addrs: Mutex<Arc<[SocketAddr]>>,
     health: Mutex<Health>,
 }
 
@@ -158,8 +184,22 @@ pub struct Connector {
     backoff: Duration,
     backoff_max: Duration,
     metrics: OriginMetrics,
+    resolver: Arc<dyn Resolver>,
+    resolve_interval: Duration,
+    /// Bumped whenever an address list changes, so pools re-check their connections cheaply.
+    generation: AtomicU64,
     /// Set only under [`with_dialer`].
     dialer: Option<Dialer>,
+}
+
+/// What one [`Connector::refresh`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Refreshed {
+    /// When to resolve again: `resolve_interval`, or sooner for a short TTL or an entry
+    /// still without any address.
+    pub next: Duration,
+    /// Some address list changed: connections to addresses no longer listed should drain.
+    pub changed: bool,
 }
 
 impl Connector {
@@ -190,10 +230,19 @@ impl Connector {
         let servers = o
             .servers
             .iter()
-            .map(|(host, port)| Server {
-                host: host.clone(),
-                port: *port,
-                health: Mutex::new(Health::default()),
+            .map(|(host, port)| {
+                let literal = host.parse::<IpAddr>().ok();
+                let addrs: Vec<SocketAddr> = literal
+                    .map(|ip| SocketAddr::new(ip, *port))
+                    .into_iter()
+                    .collect();
+                Server {
+                    host: host.clone(),
+                    port: *port,
+                    literal: literal.is_some(),
+                    addrs: Mutex::new(addrs.into()),
+                    health: Mutex::new(Health::default()),
+                }
             })
             .collect();
         Ok(Connector {
@@ -207,8 +256,96 @@ impl Connector {
             backoff: o.raw.server_backoff.0,
             backoff_max: o.raw.server_backoff_max.0,
             metrics,
+            resolver: resolve::from_config(o.hosts_file.as_deref()),
+            resolve_interval: o.raw.resolve_interval.0,
+            generation: AtomicU64::new(0),
             dialer,
         })
+    }
+
+    /// Replaces the resolver (tests; the gateway picks one from `[dns]`).
+    pub fn set_resolver(&mut self, resolver: Arc<dyn Resolver>) {
+        self.resolver = resolver;
+    }
+
+    /// Whether some server entry is a name to re-resolve (not an IP literal, no test dialler).
+    pub fn needs_refresh(&self) -> bool {
+        self.dialer.is_none() && self.servers.iter().any(|s| !s.literal)
+    }
+
+    /// True once every server entry has at least one address (always under a test dialler).
+    pub fn resolved(&self) -> bool {
+        self.dialer.is_some() || self.servers.iter().all(|s| !s.addrs().is_empty())
+    }
+
+    /// Changes whenever some server entry's address list changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether `peer` is still a current address of some server entry. A connection with no
+    /// peer (in-memory) is always current.
+    pub fn is_current(&self, peer: Option<SocketAddr>) -> bool {
+        let Some(peer) = peer else { return true };
+        self.servers.iter().any(|s| s.addrs().contains(&peer))
+    }
+
+    /// Re-resolves every named server entry once. Failures keep the last good addresses (see
+    /// [`Connector::resolve_server`]).
+    pub async fn refresh(&self) -> Refreshed {
+        let mut next = self.resolve_interval;
+        let mut changed = false;
+        for s in self.servers.iter().filter(|s| !s.literal) {
+            match self.resolve_server(s).await {
+                Ok((c, ttl)) => {
+                    changed |= c;
+                    if let Some(ttl) = ttl {
+                        next = next.min(ttl.max(MIN_TTL));
+                    }
+                }
+                Err(_) if s.addrs().is_empty() => next = next.min(UNRESOLVED_RETRY),
+                Err(_) => {}
+            }
+        }
+        Refreshed { next, changed }
+    }
+
+    /// Resolves one entry. A non-empty answer replaces its addresses (returns whether they
+    /// changed, and the TTL); an error or an empty answer keeps the last good ones, with a
+    /// warning naming origin and host, and counts `muxgate_dns_resolutions_total{result="error"}`.
+    /// Bounded by `connect_timeout`: a hung resolver must not stall the refresh loop for ever.
+    async fn resolve_server(&self, s: &Server) -> Result<(bool, Option<Duration>), Error> {
+        let answer =
+            tokio::time::timeout(self.connect_timeout, self.resolver.resolve(&s.host, s.port))
+                .await;
+        let failure = match answer {
+            Ok(Ok(r)) if !r.addrs.is_empty() => {
+                self.metrics.dns(true);
+                // Dialled in the resolver's order (getaddrinfo sorts by RFC 6724 preference);
+                // compared as sets, so a mere reordering neither counts as a change nor
+                // drains anything, while the new order still applies to new dials.
+                let mut addrs = r.addrs;
+                let mut seen = HashSet::new();
+                addrs.retain(|a| seen.insert(*a));
+                let mut cur = s.addrs.lock().unwrap_or_else(|p| p.into_inner());
+                let changed = cur.iter().copied().collect::<HashSet<_>>() != seen;
+                if changed || **cur != *addrs {
+                    if changed {
+                        tracing::info!(origin = %self.origin, host = %s.host, from = ?&**cur, to = ?addrs, "origin addresses changed");
+                        self.generation.fetch_add(1, Ordering::AcqRel);
+                    }
+                    *cur = addrs.into();
+                }
+                return Ok((changed, r.ttl));
+            }
+            Ok(Ok(_)) => "no address".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        self.metrics.dns(false);
+        let kept = s.addrs();
+        tracing::warn!(origin = %self.origin, host = %s.host, error = %failure, kept = ?&*kept, "resolving origin host failed; keeping the last good addresses");
+        Err(Error::Connect(format!("resolving {}: {failure}", s.host)))
     }
 
     /// Whether this origin speaks TLS.
@@ -253,7 +390,13 @@ impl Connector {
         if let Some(dial) = &self.dialer {
             return dial(&server.host, server.port);
         }
-        let tcp = tokio::time::timeout(self.connect_timeout, tcp(&server.host, server.port))
+        let mut addrs = server.addrs();
+        if addrs.is_empty() {
+            // Never resolved (DNS was down at start, or the refresh has not run yet).
+            self.resolve_server(server).await?;
+            addrs = server.addrs();
+        }
+        let (tcp, peer) = tokio::time::timeout(self.connect_timeout, tcp(&server.host, &addrs))
             .await
             .map_err(|_| Error::ConnectTimeout)??;
         let _ = tcp.set_nodelay(true);
@@ -262,6 +405,7 @@ impl Connector {
                 io: Transport::Plain(tcp),
                 h2: false,
                 resumed: None,
+                peer: Some(peer),
             });
         };
         let stream =
@@ -281,11 +425,16 @@ impl Connector {
             io: Transport::Tls(Box::new(stream)),
             h2,
             resumed: Some(resumed),
+            peer: Some(peer),
         })
     }
 }
 
 impl Server {
+    fn addrs(&self) -> Arc<[SocketAddr]> {
+        self.addrs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -310,18 +459,131 @@ impl Server {
     }
 }
 
-async fn tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
-    let addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| Error::Connect(format!("resolving {host}: {e}")))?;
+/// Connects to the first address that accepts, in order.
+async fn tcp(host: &str, addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), Error> {
     let mut last = None;
-    for a in addrs {
+    for &a in addrs {
         match TcpStream::connect(a).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok((s, a)),
             Err(e) => last = Some(format!("{a}: {e}")),
         }
     }
     Err(Error::Connect(last.unwrap_or_else(|| {
         format!("{host} resolved to no address")
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::upstream::resolve::{ResolveFuture, Resolved};
+
+    /// Answers from a list the test changes; counts lookups.
+    struct Scripted {
+        answer: Mutex<io::Result<Resolved>>,
+        lookups: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn set(&self, a: io::Result<Resolved>) {
+            *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = a;
+        }
+    }
+
+    impl Resolver for Scripted {
+        fn resolve<'a>(&'a self, _host: &'a str, _port: u16) -> ResolveFuture<'a> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let a = match &*self.answer.lock().unwrap_or_else(|p| p.into_inner()) {
+                Ok(r) => Ok(r.clone()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            Box::pin(async move { a })
+        }
+    }
+
+    fn ok(addrs: &[&str], ttl: Option<u64>) -> io::Result<Resolved> {
+        Ok(Resolved {
+            addrs: addrs.iter().map(|a| a.parse().expect("addr")).collect(),
+            ttl: ttl.map(Duration::from_secs),
+        })
+    }
+
+    fn connector(extra: &str) -> (Connector, Arc<Scripted>, Arc<Metrics>) {
+        let toml = format!(
+            "[[origins]]\nname = \"o\"\nhosts = [\"*\"]\nurl = \"http://app.test:80\"\nresolve_interval = \"30s\"\n{extra}\n"
+        );
+        let cfg = Config::from_toml(&toml)
+            .and_then(Config::validate)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Metrics::new();
+        let mut c = Connector::new(&cfg.origins[0], metrics.origin("o")).expect("connector");
+        let r = Arc::new(Scripted {
+            answer: Mutex::new(ok(&[], None)),
+            lookups: AtomicUsize::new(0),
+        });
+        c.set_resolver(r.clone());
+        (c, r, metrics)
+    }
+
+    fn count(m: &Metrics, result: &str) -> bool {
+        m.render().contains(&format!(
+            "muxgate_dns_resolutions_total{{origin=\"o\",result=\"{result}\"}}"
+        ))
+    }
+
+    #[tokio::test]
+    async fn refresh_replaces_keeps_and_honours_ttl() {
+        let (c, r, m) = connector("");
+        let a: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+        assert!(!c.resolved());
+        // Nothing yet, and an empty answer: retried soon, not after the whole interval.
+        let out = c.refresh().await;
+        assert!(!out.changed && out.next == UNRESOLVED_RETRY);
+        assert!(count(&m, "error"));
+
+        r.set(ok(&["10.0.0.1:80"], None));
+        let g0 = c.generation();
+        let out = c.refresh().await;
+        assert!(out.changed && out.next == Duration::from_secs(30));
+        assert!(c.resolved() && c.is_current(Some(a)) && !c.is_current(Some(b)));
+        assert!(c.generation() != g0 && count(&m, "ok"));
+
+        // The same answer again is no change; a TTL shorter than the interval wins, but a
+        // zero TTL is raised to MIN_TTL.
+        r.set(ok(&["10.0.0.1:80", "10.0.0.1:80"], Some(5)));
+        let g1 = c.generation();
+        let out = c.refresh().await;
+        assert!(!out.changed && out.next == Duration::from_secs(5));
+        assert_eq!(c.generation(), g1);
+        r.set(ok(&["10.0.0.1:80"], Some(0)));
+        assert_eq!(c.refresh().await.next, MIN_TTL);
+
+        // Errors and empty answers keep the last good address.
+        r.set(Err(io::Error::new(io::ErrorKind::NotFound, "gone")));
+        assert!(!c.refresh().await.changed);
+        r.set(ok(&[], None));
+        let out = c.refresh().await;
+        assert!(!out.changed && out.next == Duration::from_secs(30));
+        assert!(c.is_current(Some(a)) && c.resolved());
+
+        r.set(ok(&["10.0.0.2:80"], None));
+        assert!(c.refresh().await.changed);
+        assert!(!c.is_current(Some(a)) && c.is_current(Some(b)));
+        // In-memory connections have no address and are never stale.
+        assert!(c.is_current(None));
+    }
+
+    #[tokio::test]
+    async fn ip_literals_are_never_resolved() {
+        let (c, r, _) = connector("servers = [\"127.0.0.9:8080\", \"[::1]:8080\"]");
+        assert!(c.resolved());
+        assert!(!c.needs_refresh());
+        assert!(c.is_current(Some("127.0.0.9:8080".parse().expect("addr"))));
+        assert!(c.is_current(Some("[::1]:8080".parse().expect("addr"))));
+        let _ = c.refresh().await;
+        assert_eq!(r.lookups.load(Ordering::SeqCst), 0);
+    }
 }

@@ -9,11 +9,17 @@
 //! response body was read to the end; a request waiting at the cap is woken when one goes back
 //! (or when a connection closes and frees its permit).
 //!
+//! A connection is not reused (dropped when it would go back idle, and culled from the idle
+//! stack by [`H1Pool::drop_stale`]) once the origin's name no longer resolves to the address it
+//! dialled, or after [`H1Pool::drain_all`]. The check costs one atomic load per return: the
+//! address lists are consulted only when the connector's generation moved.
+//!
 //! # Race window
 //! An idle connection may be closed by the origin just as it is taken. hyper then hands the
 //! request back unsent and the caller retries on another connection; a request that was written
 //! before the close is only retried when the origin opted in (`retry_idempotent`).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -38,6 +44,12 @@ pub struct H1Conn {
     created: Instant,
     resumed: Option<bool>,
     served: u64,
+    /// The address dialled (`None` in memory).
+    peer: Option<SocketAddr>,
+    /// The connector's address generation at which `peer` was last known to be current.
+    checked: u64,
+    /// `drain_all` count when the connection opened; an older one is not reused.
+    epoch: u64,
 }
 
 impl H1Conn {
@@ -59,6 +71,8 @@ struct Shared {
     /// Signalled when a connection goes back to the idle stack.
     returned: Notify,
     waiting: AtomicUsize,
+    /// Times `drain_all` was called.
+    drained: AtomicU64,
     connector: Arc<Connector>,
     metrics: OriginMetrics,
     next_id: Arc<AtomicU64>,
@@ -97,7 +111,8 @@ impl Drop for H1Lease {
     fn drop(&mut self) {
         self.shared.metrics.streams_active.dec();
         if let Some(conn) = self.conn.take() {
-            if self.reusable && !conn.sender.is_closed() {
+            let mut conn = conn;
+            if self.reusable && !conn.sender.is_closed() && self.shared.wanted(&mut conn) {
                 self.shared.put_idle(conn);
             }
         }
@@ -134,6 +149,7 @@ impl H1Pool {
             permits: Arc::new(Semaphore::new(r.h1_max_connections)),
             returned: Notify::new(),
             waiting: AtomicUsize::new(0),
+            drained: AtomicU64::new(0),
             connector,
             metrics,
             next_id,
@@ -209,6 +225,31 @@ impl H1Pool {
         }
     }
 
+    /// Closes idle connections to addresses the origin's name no longer resolves to (busy ones
+    /// are closed instead of going back idle). Returns how many were closed.
+    pub fn drop_stale(&self) -> usize {
+        let s = &self.shared;
+        let gone: Vec<Idle> = {
+            let mut idle = s.lock();
+            let (keep, gone) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|i| s.connector.is_current(i.conn.peer));
+            *idle = keep;
+            gone
+        };
+        // Dropped outside the lock: closing a connection need not hold up other requests.
+        gone.len()
+    }
+
+    /// Closes every idle connection and keeps busy ones from being reused; later requests dial
+    /// new ones.
+    pub fn drain_all(&self) {
+        let s = &self.shared;
+        s.drained.fetch_add(1, Ordering::AcqRel);
+        let gone = std::mem::take(&mut *s.lock());
+        drop(gone);
+    }
+
     /// A snapshot of the idle connections (busy ones are exclusive and not listed).
     pub fn stats(&self) -> Vec<ConnStats> {
         self.shared
@@ -223,8 +264,14 @@ impl H1Pool {
                 age: i.conn.created.elapsed(),
                 served: i.conn.served,
                 resumed: i.conn.resumed,
+                peer: i.conn.peer,
             })
             .collect()
+    }
+
+    /// The origin's name.
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
     }
 
     /// Open connections (busy + idle).
@@ -250,12 +297,31 @@ impl Shared {
 
     fn pop_idle(&self) -> Option<H1Conn> {
         let mut idle = self.lock();
-        while let Some(i) = idle.pop() {
-            if !i.conn.sender.is_closed() && i.since.elapsed() < self.idle_timeout {
+        while let Some(mut i) = idle.pop() {
+            if !i.conn.sender.is_closed()
+                && i.since.elapsed() < self.idle_timeout
+                && self.wanted(&mut i.conn)
+            {
                 return Some(i.conn);
             }
         }
         None
+    }
+
+    /// Whether `conn` may serve another request: not drained by `drain_all`, and its address
+    /// still current. Consults the address lists only when their generation moved.
+    fn wanted(&self, conn: &mut H1Conn) -> bool {
+        if conn.epoch != self.drained.load(Ordering::Acquire) {
+            return false;
+        }
+        let generation = self.connector.generation();
+        if conn.checked != generation {
+            if !self.connector.is_current(conn.peer) {
+                return false;
+            }
+            conn.checked = generation;
+        }
+        true
     }
 
     fn put_idle(&self, conn: H1Conn) {
@@ -275,6 +341,9 @@ impl Shared {
 
     async fn handshake(&self, c: Connected, permit: OwnedSemaphorePermit) -> Result<H1Conn, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Read before the handshake: a drain during it is then noticed at the first return.
+        let epoch = self.drained.load(Ordering::Acquire);
+        let peer = c.peer;
         self.metrics.conns_h1.inc();
         let io = CountedIo::new(c.io, self.metrics.open_h1.clone());
         let (sender, conn) = http1::Builder::new()
@@ -294,6 +363,10 @@ impl Shared {
             created: Instant::now(),
             resumed: c.resumed,
             served: 0,
+            peer,
+            // Never checked: the address may be from a list replaced during the dial.
+            checked: u64::MAX,
+            epoch,
         })
     }
 }

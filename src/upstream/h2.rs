@@ -21,14 +21,25 @@
 //! sent; a stream failing with the peer's GOAWAY error lies above its last-stream-id
 //! (RFC 9113 §6.8: "not processed"); REFUSED_STREAM means no application processing (§8.7).
 //!
+//! # Addresses that disappear (DNS)
+//! Each connection remembers the address it dialled. When the origin's re-resolution no longer
+//! lists it, [`H2Pool::retire_stale`] retires the connection exactly like `max_connection_age`
+//! does (make before break): a replacement is dialled to a current address, and once it is up
+//! the old connection takes no new streams and closes when its in-flight streams finish. Until
+//! then (or if every dial fails) the old connection keeps serving, so a DNS change costs no
+//! request. [`H2Pool::drain_all`] closes every connection for new streams at once.
+//!
 //! # Race window
 //! The pool learns of a GOAWAY when the next `send_request` on that connection fails; that
 //! request was never sent and is retried elsewhere, so the window costs a retry, never an error
 //! or a duplicate. A waiter may time out after a slot was handed to it: the lease is then
-//! dropped inside the channel and its `Drop` releases the slot again.
+//! dropped inside the channel and its `Drop` releases the slot again. A dial that read the
+//! addresses just before a re-resolution changed them adds a connection to an old address after
+//! `retire_stale` ran; the next refresh (every `resolve_interval`) retires it.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -166,6 +177,8 @@ pub struct H2Conn {
     /// Dropped with the last handle (pool slot or lease): tells the driver that no new stream
     /// can start, so it closes the connection once what is left drains (see `RETIRE_GRACE`).
     _retire: oneshot::Sender<()>,
+    /// The address dialled (`None` in memory).
+    peer: Option<SocketAddr>,
 }
 
 /// How long a connection nobody holds any more (its pool was dropped, or it left the pool) may
@@ -453,6 +466,44 @@ impl H2Pool {
         }
     }
 
+    /// Retires connections whose address the origin's name no longer resolves to (see the
+    /// module doc): a replacement is dialled, then they drain. Returns how many were retired.
+    pub fn retire_stale(&self) -> usize {
+        let s = &self.shared;
+        let mut st = s.lock();
+        let mut n = 0;
+        for slot in st.slots.iter_mut() {
+            if !slot.retiring && !slot.conn.is_closed() && !s.connector.is_current(slot.conn.peer) {
+                slot.retiring = true;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(origin = %s.origin, connections = n, "origin address gone: draining its connections");
+            st.remove_finished();
+            s.maybe_dial(&mut st);
+        }
+        n
+    }
+
+    /// Closes every connection for new streams; each closes once its in-flight streams are
+    /// done. Requests that come later dial new connections.
+    pub fn drain_all(&self) {
+        let s = &self.shared;
+        let waiting = {
+            let mut st = s.lock();
+            for slot in &st.slots {
+                slot.conn.mark_closed();
+            }
+            st.remove_finished();
+            !st.waiters.is_empty()
+        };
+        if waiting {
+            // Queued requests must not wait for a slot on a connection that took its last.
+            s.distribute();
+        }
+    }
+
     /// A snapshot of every connection, for `/pool` and tests.
     pub fn stats(&self) -> Vec<ConnStats> {
         let st = self.shared.lock();
@@ -467,6 +518,7 @@ impl H2Pool {
                 age: s.conn.created.elapsed(),
                 served: s.conn.served.load(Ordering::Relaxed),
                 resumed: s.conn.resumed,
+                peer: s.conn.peer,
             })
             .collect()
     }
@@ -655,8 +707,9 @@ async fn connect(
         created: Instant::now(),
         resumed: c.resumed,
         served: AtomicU64::new(0),
+        peer: c.peer,
     });
-    tracing::debug!(origin = %shared.origin, conn = id, resumed = ?c.resumed, "h2 connection open");
+    tracing::debug!(origin = %shared.origin, conn = id, resumed = ?c.resumed, peer = ?c.peer, "h2 connection open");
     let weak = Arc::downgrade(shared);
     let origin = shared.origin.clone();
     let keepalive = shared.keepalive;

@@ -1,7 +1,12 @@
-//! Upstream: one [`OriginPool`] per origin. It owns the dialler ([`connect`]), the multiplexed
-//! HTTP/2 pool ([`h2`]) and the HTTP/1.1 keep-alive pool ([`h1`]), sends one request with the
-//! retry rules, and wraps the response body so the stream slot or connection is released when
-//! the body ends or is dropped.
+//! Upstream: one [`OriginPool`] per origin. It owns the dialler ([`connect`]) with its name
+//! resolution ([`resolve`]), the multiplexed HTTP/2 pool ([`h2`]) and the HTTP/1.1 keep-alive
+//! pool ([`h1`]), sends one request with the retry rules, and wraps the response body so the
+//! stream slot or connection is released when the body ends or is dropped.
+//!
+//! DNS: a background task per origin re-resolves its host names every `resolve_interval` (or
+//! the TTL, if shorter) and then drains connections to addresses no longer listed: HTTP/2 ones
+//! are retired (a replacement is dialled first, then they finish their streams and close), idle
+//! HTTP/1.1 ones are closed and busy ones are not reused. The task ends with the pool.
 //!
 //! Retry rules (DESIGN.md, RFC 9113 §8.7): a request the origin provably never processed — never
 //! written, REFUSED_STREAM, above a GOAWAY's last-stream-id, connect/TLS failure of a fresh dial —
@@ -12,8 +17,10 @@
 pub mod connect;
 pub mod h1;
 pub mod h2;
+pub mod resolve;
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::body::{Observed, Observer};
 use crate::config::{Scheme, ValidOrigin};
@@ -83,6 +91,8 @@ pub struct ConnStats {
     pub served: u64,
     /// TLS handshake kind (`None` for cleartext).
     pub resumed: Option<bool>,
+    /// The origin address dialled (`None` for an in-memory test connection).
+    pub peer: Option<SocketAddr>,
 }
 
 /// A transport that keeps the `upstream_connections_open` gauge right: +1 when made, −1 when
@@ -325,8 +335,11 @@ enum AttemptError {
 /// Everything that talks to one origin.
 pub struct OriginPool {
     name: String,
+    connector: Arc<Connector>,
     h2: Option<H2Pool>,
     h1: H1Pool,
+    /// The re-resolution task (`None` when every server is an IP literal); aborted on drop.
+    _refresh: Option<AbortOnDropHandle<()>>,
     use_h1: Arc<AtomicBool>,
     metrics: OriginMetrics,
     response_header_timeout: Duration,
@@ -339,12 +352,13 @@ impl OriginPool {
         let connector = Arc::new(Connector::new(o, metrics.clone())?);
         let next_id = Arc::new(AtomicU64::new(1));
         let h1 = H1Pool::new(o, connector.clone(), metrics.clone(), next_id.clone());
+        let refresh = connector.needs_refresh();
         let use_h1 = Arc::new(AtomicBool::new(false));
         let wants_h2 = o.scheme == Scheme::Https && o.raw.alpn.iter().any(|p| p == "h2");
         let h2 = wants_h2.then(|| {
             H2Pool::new(
                 o,
-                connector,
+                connector.clone(),
                 h1.clone(),
                 use_h1.clone(),
                 metrics.clone(),
@@ -354,10 +368,19 @@ impl OriginPool {
         if o.scheme == Scheme::Https && !o.raw.tls_verify {
             tracing::warn!(origin = %o.raw.name, "tls_verify = false: the origin's certificate is NOT verified");
         }
+        let refresh = refresh.then(|| {
+            AbortOnDropHandle::new(tokio::spawn(refresh_loop(
+                connector.clone(),
+                h2.clone(),
+                h1.clone(),
+            )))
+        });
         Ok(OriginPool {
             name: o.raw.name.clone(),
+            connector,
             h2,
             h1,
+            _refresh: refresh,
             use_h1,
             metrics,
             response_header_timeout: o.raw.response_header_timeout.0,
@@ -383,6 +406,22 @@ impl OriginPool {
             Some(p) if p.stats().is_empty() => "unknown",
             Some(_) => "h2",
         }
+    }
+
+    /// True once every server entry of the origin has at least one address (IP literals
+    /// always do; names after their first successful resolution).
+    pub fn resolved(&self) -> bool {
+        self.connector.resolved()
+    }
+
+    /// Closes every connection for new requests: HTTP/2 connections finish their in-flight
+    /// streams and then close, idle HTTP/1.1 ones close now and busy ones after their response.
+    /// Requests sent after this open new connections.
+    pub fn drain_all(&self) {
+        if let Some(p) = &self.h2 {
+            p.drain_all();
+        }
+        self.h1.drain_all();
     }
 
     /// Connection snapshots (h2 connections, then idle HTTP/1.1 ones).
@@ -557,6 +596,23 @@ impl OriginPool {
                 }
             },
         }
+    }
+}
+
+/// Re-resolves the origin's names for as long as the pool lives, then drains connections to
+/// addresses that are gone. Runs the stale check after every resolution, changed or not: a dial
+/// racing a change may have added a connection to an old address after the previous check.
+async fn refresh_loop(connector: Arc<Connector>, h2: Option<H2Pool>, h1: H1Pool) {
+    loop {
+        let r = connector.refresh().await;
+        if let Some(p) = &h2 {
+            p.retire_stale();
+        }
+        let closed = h1.drop_stale();
+        if closed > 0 {
+            tracing::info!(origin = %h1.origin(), connections = closed, "origin address gone: closed idle http/1.1 connections");
+        }
+        tokio::time::sleep(r.next).await;
     }
 }
 
