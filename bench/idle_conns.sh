@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Memory per idle keep-alive client connection: muxgate vs HAProxy, same run, same origin.
+# Each gateway gets N client connections that each complete one GET (1 KiB) and then stay
+# open and idle; the gateway's RSS is read before and after, and the difference divided by N.
+# The origin is `muxgate origin` (TLS, ALPN h2) in its own process; HAProxy uses
+# `alpn h2` + `http-reuse always`. The client is a small asyncio script (python3).
+#
+# Usage: bench/idle_conns.sh [N]   (default 10000)
+# Installs haproxy from Debian if missing. Loopback only; stops everything it starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-10000}
+ulimit -n "$(ulimit -Hn)"  # the gateways and the client each need N descriptors
+command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; systemctl stop haproxy 2>/dev/null || true; }
+cargo build --release --quiet
+bin=$PWD/target/release/muxgate
+dir=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp -r "$dir" /tmp/idle-last; rm -rf "$dir"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+"$bin" origin --dir "$dir" >"$dir/origin.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
+oport=$(awk '/listening/ {print $2}' "$dir/origin.out"); oport=${oport##*:}
+
+cat >"$dir/client.py" <<'PY'
+import asyncio, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+REQ = b"GET /bytes/1024 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+async def one(held):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(REQ)
+    head = await r.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:40]
+    await r.readexactly(1024)
+    held.append(w)
+async def main():
+    held = []
+    sem = asyncio.Semaphore(500)
+    async def guarded():
+        async with sem:
+            await one(held)
+    await asyncio.gather(*(guarded() for _ in range(n)))
+    print(f"held {len(held)}", flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+PY
+
+measure() {  # name pid port
+    local name=$1 pid=$2 port=$3 before after
+    python3 "$dir/client.py" "$port" 1 >/dev/null 2>&1 &  # warm: first origin connection
+    local warm=$!; sleep 1; kill $warm 2>/dev/null || true; wait $warm 2>/dev/null || true
+    sleep 0.5
+    before=$(rss_kib "$pid")
+    python3 "$dir/client.py" "$port" "$n" >"$dir/$name.client" 2>&1 &
+    local cpid=$!
+    for _ in $(seq 600); do grep -q held "$dir/$name.client" 2>/dev/null && break; sleep 0.2; done
+    grep -q "held $n" "$dir/$name.client" || { echo "$name: client failed: $(tail -3 "$dir/$name.client")"; kill $cpid; return; }
+    sleep 2
+    after=$(rss_kib "$pid")
+    kill $cpid 2>/dev/null || true; wait $cpid 2>/dev/null || true
+    printf '| %s | %d | %.1f | %.1f | %.2f |\n' "$name" "$n" "$(echo "$before/1024" | bc -l)" \
+        "$(echo "$after/1024" | bc -l)" "$(echo "($after-$before)/$n" | bc -l)"
+}
+
+mport=$(free_port)
+cat >"$dir/gw.toml" <<TOML
+listen = ["127.0.0.1:$mport"]
+[admin]
+listen = ""
+[client]
+max_connections = $((n + 1000))
+header_timeout = "1h"
+[[origins]]
+name = "app"
+hosts = ["*"]
+url = "https://localhost:$oport"
+tls_ca = "$dir/ca.pem"
+TOML
+RUST_LOG=warn "$bin" run -c "$dir/gw.toml" 2>"$dir/gw.err" &
+mpid=$!; pids+=($mpid)
+
+hport=$(free_port)
+cat >"$dir/haproxy.cfg" <<HAP
+global
+  nbthread 2
+  maxconn $((n + 100))
+  # HAProxy wants 2 descriptors per maxconn; idle clients need one each, so cap it at the
+  # hard limit (it then logs an alert about maxsock and runs).
+  ulimit-n $(ulimit -Hn)
+defaults
+  mode http
+  maxconn $((n + 100))
+  timeout connect 5s
+  timeout client 1h
+  timeout server 60s
+  timeout http-keep-alive 1h
+frontend fe
+  bind 127.0.0.1:$hport
+  default_backend be
+backend be
+  http-reuse always
+  server origin 127.0.0.1:$oport ssl verify required ca-file $dir/ca.pem sni str(localhost) verifyhost localhost alpn h2
+HAP
+haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.err" 2>&1 &
+hpid=$!; pids+=($hpid)
+sleep 1
+
+echo "# idle keep-alive client connections: $n each, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
+echo
+echo "| gateway | connections | RSS before (MiB) | RSS held (MiB) | KiB per connection |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+measure muxgate "$mpid" "$mport"
+measure haproxy "$hpid" "$hport"
