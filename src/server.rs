@@ -145,7 +145,11 @@ where
         // Not `pipeline_flush(true)`: hyper then drops buffered responses (and its own 431) when
         // the connection closes with unread input.
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    // `with_upgrades`: after a 101 the connection's I/O goes to the upgrade tunnel
+    // (`proxy::upgrade`), which then lives on its own task.
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
     tokio::pin!(conn);
     let mut shutdown = ctx.shutdown.clone();
     tokio::select! {

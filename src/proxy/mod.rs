@@ -4,6 +4,7 @@
 
 pub mod cached;
 pub mod headers;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -153,7 +154,10 @@ impl Proxy {
             conn_id: 0,
             cache: None,
         };
-        let result = self.forward(req, client, &mut log).await;
+        let result = match upgrade::requested(&req) {
+            Some(want) => self.upgrade(req, want, client, &mut log).await,
+            None => self.forward(req, client, &mut log).await,
+        };
         let (mut resp, origin) = match result {
             Ok((resp, origin)) => (resp, Some(origin)),
             Err((e, origin)) => {
@@ -192,20 +196,9 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
-        check_head(&parts, self.head).map_err(|e| (e, None))?;
-        let host = request_host(&parts).map_err(|e| (e, None))?;
-        log.host = host.to_string();
-        let idx = self
-            .router
-            .route(host.host())
-            .ok_or((Error::NoRoute, None))?;
-        let route = &self.routes[idx];
+        let (route, host) = self.prelude(&parts, log)?;
         let pool = route.pool.clone();
-        log.origin = pool.name().to_string();
         let fail = |e: Error| (e, Some(pool.clone()));
-        if parts.method == Method::CONNECT {
-            return Err(fail(Error::BadRequest("CONNECT is not supported")));
-        }
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -277,6 +270,32 @@ impl Proxy {
         headers::response_to_client(&mut parts.headers);
         let body = body.map_err(BoxError::from).boxed_unsync();
         Ok((Response::from_parts(parts, body), pool))
+    }
+
+    /// What every request goes through first: head limits, host, route, and the refusal of
+    /// CONNECT.
+    #[allow(clippy::type_complexity)]
+    fn prelude(
+        &self,
+        parts: &http::request::Parts,
+        log: &mut AccessLog,
+    ) -> Result<(&Route, Authority), (Error, Option<Arc<OriginPool>>)> {
+        check_head(parts, self.head).map_err(|e| (e, None))?;
+        let host = request_host(parts).map_err(|e| (e, None))?;
+        log.host = host.to_string();
+        let idx = self
+            .router
+            .route(host.host())
+            .ok_or((Error::NoRoute, None))?;
+        let route = &self.routes[idx];
+        log.origin = route.pool.name().to_string();
+        if parts.method == Method::CONNECT {
+            return Err((
+                Error::BadRequest("CONNECT is not supported"),
+                Some(route.pool.clone()),
+            ));
+        }
+        Ok((route, host))
     }
 
     /// Chooses how the request body travels: empty, buffered (replayable), or streamed.

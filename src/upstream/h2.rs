@@ -195,6 +195,30 @@ impl H2Conn {
         Ok((response, pump))
     }
 
+    /// Whether the origin advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` on this connection
+    /// (RFC 8441 §3: "a client MUST NOT send a CONNECT request with the :protocol pseudo-header
+    /// unless the server has sent this setting"). Known once the peer's SETTINGS were read,
+    /// which the pool waits for before publishing a connection.
+    pub fn extended_connect(&self) -> bool {
+        self.sender.is_extended_connect_protocol_enabled()
+    }
+
+    /// Opens a stream for an extended CONNECT (RFC 8441 §4) and keeps its send half open: the
+    /// caller owns the returned `SendStream` for the tunnel's life. An error here means nothing
+    /// was sent.
+    pub async fn start_tunnel(
+        &self,
+        head: Request<()>,
+    ) -> Result<(PendingResponse, SendStream<Bytes>), h2::Error> {
+        let mut sender = self.sender.clone().ready().await?;
+        let (response, stream) = sender.send_request(head, false)?;
+        let response = PendingResponse {
+            fut: Some(response),
+            ctl: self.ctl.clone(),
+        };
+        Ok((response, stream))
+    }
+
     /// Wraps a response body from this connection (its drop obeys the reset budget).
     pub fn body(&self, recv: RecvStream, headers: &HeaderMap) -> H2Body {
         H2Body {
