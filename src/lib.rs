@@ -129,12 +129,17 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Stops accepting, lets in-flight requests finish within `drain_timeout`, then returns.
+    /// Stops accepting, closes upgraded connections (WebSockets), lets in-flight requests
+    /// finish within `drain_timeout`, then returns.
     /// Returns false if connections were still open at the deadline.
     pub async fn shutdown(self) -> bool {
         let _ = self.shutdown_tx.send(true);
         self.tracker.close();
-        tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+        let drain = async {
+            // Upgraded connections are closed at once; requests get the drain time.
+            tokio::join!(self.tracker.wait(), self.proxy.close_upgrades());
+        };
+        tokio::time::timeout(self.drain_timeout, drain)
             .await
             .is_ok()
     }

@@ -447,3 +447,77 @@ async fn max_upgraded_gives_503() {
     })
     .await;
 }
+
+/// A cleartext origin: dedicated HTTP/1.1 connections, no TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_to_a_cleartext_origin() {
+    support::init();
+    bounded(60, async {
+        let pki = Pki::localhost().expect("pki");
+        let origin = WsOrigin::plain().start(&pki).await;
+        let toml = gateway_toml(
+            "",
+            &origin_toml(
+                "app",
+                &["*"],
+                &format!("http://127.0.0.1:{}", origin.addr.port()),
+                None,
+                "",
+            ),
+        );
+        let gw = start_gateway(&toml).await;
+        let addr = gw.http_addrs[0];
+        let mut tasks = Vec::new();
+        for id in 0..20 {
+            tasks.push(tokio::spawn(session(addr, "app.test", id, MESSAGES)));
+        }
+        for t in tasks {
+            let s = t.await.expect("task").expect("session");
+            assert_eq!((s.echoed, s.clean_close), (2 * MESSAGES as u64, true));
+        }
+        assert_eq!(origin.stats.get(|s| &s.ws_h1), 20);
+        assert_eq!(origin.stats.get(|s| &s.connections), 20);
+        let m = metrics(&gw).await;
+        assert_eq!(
+            metric(&m, r#"muxgate_upgraded_total{origin="app",via="http/1.1"}"#),
+            20.0
+        );
+    })
+    .await;
+}
+
+/// Graceful shutdown closes open tunnels at once (they have no end to wait for) and still
+/// reports a clean drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_tunnels() {
+    support::init();
+    bounded(60, async {
+        let pki = Pki::localhost().expect("pki");
+        let files = pki.write().expect("files");
+        let h1 = WsOrigin::h1().start(&pki).await;
+        let h2 = WsOrigin::h2_connect().start(&pki).await;
+        for origin in [h1, h2] {
+            let gw = gateway(origin.addr, &files.ca, "").await;
+            let addr = gw.http_addrs[0];
+            let mut c = ws::connect(addr, "app.test", "/ws").await.expect("connect");
+            c.send(Message::text("hello")).await.expect("send");
+            assert!(matches!(c.next().await, Some(Ok(Message::Text(_)))));
+            let drained = tokio::time::timeout(Duration::from_secs(20), gw.shutdown())
+                .await
+                .expect("shutdown hung");
+            assert!(drained, "gateway did not drain with a tunnel open");
+            let end = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match c.next().await {
+                        None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            })
+            .await;
+            assert!(end.is_ok(), "tunnel still open after shutdown");
+        }
+        drop(files);
+    })
+    .await;
+}

@@ -68,6 +68,10 @@ pub struct Proxy {
     head: HeadLimits,
     cache: Option<Arc<CacheRt>>,
     metrics: Arc<Metrics>,
+    /// Running upgrade tunnels (they outlive their client connection's task).
+    tunnels: tokio_util::task::TaskTracker,
+    /// Set at shutdown: every tunnel closes.
+    stop_tunnels: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -105,6 +109,8 @@ impl Proxy {
             },
             cache: CacheRt::from_config(&cfg.raw.cache).map_err(|e| e.to_string())?,
             metrics: metrics.clone(),
+            tunnels: tokio_util::task::TaskTracker::new(),
+            stop_tunnels: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -119,6 +125,14 @@ impl Proxy {
     /// The response cache, when enabled.
     pub fn cache(&self) -> Option<&Arc<CacheRt>> {
         self.cache.as_ref()
+    }
+
+    /// Closes every upgraded connection (a tunnel has no "end of the request" to wait for) and
+    /// waits until their tasks have ended. Part of graceful shutdown.
+    pub async fn close_upgrades(&self) {
+        self.stop_tunnels.send_replace(true);
+        self.tunnels.close();
+        self.tunnels.wait().await;
     }
 
     /// All origin pools.

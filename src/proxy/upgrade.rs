@@ -219,9 +219,10 @@ impl Proxy {
             idle: pool.upgrade_idle_timeout(),
             _slot: slot,
         };
-        tokio::spawn(async move {
+        let stop = self.stop_tunnels.subscribe();
+        self.tunnels.spawn(async move {
             match on_client.await {
-                Ok(c) => tunnel.run(TokioIo::new(c), io).await,
+                Ok(c) => tunnel.run(TokioIo::new(c), io, stop).await,
                 Err(e) => tracing::debug!(error = %e, "client went away before the upgrade"),
             }
         });
@@ -242,9 +243,10 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    /// Copies bytes both ways until both directions ended, an error, or `idle` without a byte.
+    /// Copies bytes both ways until both directions ended, an error, `idle` without a byte, or
+    /// gateway shutdown.
     /// A half-close is passed on (EOF from one side shuts down writing to the other).
-    async fn run<C>(self, client: C, origin: TunnelIo)
+    async fn run<C>(self, client: C, origin: TunnelIo, mut stop: tokio::sync::watch::Receiver<bool>)
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -265,6 +267,8 @@ impl Tunnel {
                         Ok(_) => "closed",
                         Err(_) => "error",
                     },
+                    // Gateway shutdown (also when the proxy is gone).
+                    _ = stop.wait_for(|s| *s) => break "shutdown",
                     _ = tokio::time::sleep_until(last + self.idle) => {
                         let last = start + Duration::from_millis(activity.load(Ordering::Acquire));
                         if Instant::now() >= last + self.idle {

@@ -39,6 +39,9 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+/// Request fields of every WebSocket handshake, in arrival order.
+pub type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// What the origin saw.
 #[derive(Debug, Default)]
 pub struct WsStats {
@@ -79,7 +82,7 @@ pub struct WsOrigin {
     pub stats: Arc<WsStats>,
     /// Request fields (lower-case name, value) of every WebSocket handshake, `:protocol` and
     /// `:method` included for RFC 8441 ones.
-    pub seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub seen: Seen,
     _stop: watch::Sender<bool>,
 }
 
@@ -118,6 +121,15 @@ impl WsOrigin {
         }
     }
 
+    /// Cleartext HTTP/1.1: WebSocket over HTTP/1.1 Upgrade, no TLS.
+    pub fn plain() -> WsOriginBuilder {
+        WsOriginBuilder {
+            alpn: Vec::new(),
+            connect_protocol: false,
+            max_streams: 100,
+        }
+    }
+
     /// The fields of every WebSocket handshake seen so far.
     pub fn seen(&self) -> Vec<Vec<(String, String)>> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
@@ -136,7 +148,8 @@ impl WsOriginBuilder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let alpn: Vec<&[u8]> = self.alpn.iter().map(|a| a.as_slice()).collect();
-        let acceptor = TlsAcceptor::from(pki.server_config(&alpn, false).expect("server cfg"));
+        let acceptor = (!alpn.is_empty())
+            .then(|| TlsAcceptor::from(pki.server_config(&alpn, false).expect("server cfg")));
         let stats = Arc::new(WsStats::default());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -152,6 +165,11 @@ impl WsOriginBuilder {
                 let (acceptor, cfg, st, sn) =
                     (acceptor.clone(), cfg.clone(), st.clone(), sn.clone());
                 tokio::spawn(async move {
+                    let Some(acceptor) = acceptor else {
+                        st.h1_connections.fetch_add(1, Ordering::SeqCst);
+                        serve_h1_ws(tcp, st, sn).await;
+                        return;
+                    };
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
@@ -179,8 +197,6 @@ impl WsOriginBuilder {
         }
     }
 }
-
-type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 
 fn fields(h: &http::HeaderMap) -> Vec<(String, String)> {
     h.iter()
