@@ -10,7 +10,8 @@
 //! - [`config`]: figment layering and validation into a [`config::ValidConfig`].
 //! - [`server`]: client listeners, TLS termination, limits, graceful shutdown.
 //! - [`route`]: host → origin.
-//! - [`proxy`]: request/response translation, access log.
+//! - [`proxy`]: request/response translation, upgrades (WebSocket: RFC 8441 or a dedicated
+//!   HTTP/1.1 connection), access log.
 //! - [`upstream`]: dialling, the multiplexed HTTP/2 pool, the HTTP/1.1 pool, retries.
 //! - [`admin`]: `/healthz`, `/metrics`, `/pool`.
 //! - [`metrics`], [`error`], [`tls`]: shared definitions.

@@ -1,6 +1,7 @@
 //! The request path between the client-facing server and the origin pools: route by host,
 //! check the request, translate headers ([`headers`]), send through the origin's pool, translate
-//! the response, and write one access-log line when the response body is done.
+//! the response, and write one access-log line when the response body is done. Upgrade requests
+//! (WebSocket…) branch off to [`upgrade`].
 
 pub mod cached;
 pub mod headers;

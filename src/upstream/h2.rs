@@ -21,6 +21,13 @@
 //! sent; a stream failing with the peer's GOAWAY error lies above its last-stream-id
 //! (RFC 9113 §6.8: "not processed"); REFUSED_STREAM means no application processing (§8.7).
 //!
+//! # Tunnels
+//! An RFC 8441 WebSocket tunnel ([`super::upgrade`]) takes its stream with [`H2Pool::acquire`]
+//! like a request and holds the [`H2Lease`] until the tunnel ends: it counts against the
+//! connection's stream limit for its whole life (hazard: long-lived tunnels can fill the pool
+//! and make requests queue; `max_upgraded` bounds them). The slot is freed when the tunnel's
+//! I/O object is dropped, however the tunnel ended.
+//!
 //! # Race window
 //! The pool learns of a GOAWAY when the next `send_request` on that connection fails; that
 //! request was never sent and is retried elsewhere, so the window costs a retry, never an error
