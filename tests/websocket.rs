@@ -521,3 +521,82 @@ async fn shutdown_closes_tunnels() {
     })
     .await;
 }
+
+/// Messages far larger than every HTTP/2 window (the origin's 64 KiB default, the gateway's
+/// 2 MiB stream window) cross an RFC 8441 tunnel both ways: flow-control credit is given back
+/// as bytes are consumed, on both halves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_cross_rfc8441_flow_control() {
+    support::init();
+    bounded(120, async {
+        let pki = Pki::localhost().expect("pki");
+        let files = pki.write().expect("files");
+        let origin = WsOrigin::h2_connect().start(&pki).await;
+        let gw = gateway(origin.addr, &files.ca, "").await;
+        let addr = gw.http_addrs[0];
+        let mut tasks = Vec::new();
+        for id in 0..4u8 {
+            tasks.push(tokio::spawn(async move {
+                let mut c = ws::connect(addr, "app.test", "/ws").await.expect("connect");
+                for i in 0..3u8 {
+                    let payload: Vec<u8> = (0..3 * 1024 * 1024 + usize::from(i))
+                        .map(|n| (n as u8).wrapping_add(id))
+                        .collect();
+                    let m = Message::binary(payload);
+                    c.send(m.clone()).await.expect("send");
+                    let got = c.next().await;
+                    assert!(
+                        matches!(&got, Some(Ok(g)) if *g == m),
+                        "socket {id} message {i}"
+                    );
+                }
+                c.close(None).await.expect("close");
+                while let Some(Ok(_)) = c.next().await {}
+            }));
+        }
+        for t in tasks {
+            t.await.expect("socket task");
+        }
+        assert_eq!(origin.stats.get(|s| &s.echoed), 12);
+        assert_eq!(origin.stats.get(|s| &s.connections), 1);
+        drop(files);
+    })
+    .await;
+}
+
+/// An h2-only origin without SETTINGS_ENABLE_CONNECT_PROTOCOL cannot carry a WebSocket: 502
+/// with a one-line body, and ordinary requests are unaffected (the failed dedicated dial ejects
+/// no server). With `alpn = ["h2"]` no HTTP/1.1 dial is attempted at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_h2_only_origin_without_the_setting_is_502() {
+    support::init();
+    bounded(60, async {
+        let pki = Pki::localhost().expect("pki");
+        let files = pki.write().expect("files");
+        let origin = muxgate::testkit::origin::Origin::h2()
+            .start(&pki)
+            .await
+            .expect("origin");
+        for (extra, expect) in [
+            ("", "origin TLS handshake failed"),
+            ("alpn = [\"h2\"]", "alpn excludes http/1.1"),
+        ] {
+            let gw = gateway(origin.addr, &files.ca, extra).await;
+            let addr = gw.http_addrs[0];
+            let upgrade = b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n\
+                Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+            for _ in 0..3 {
+                let r = raw_request(addr, upgrade).await;
+                assert_eq!(r.status, 502, "{extra}: {}", r.text());
+                assert!(r.text().contains(expect), "{extra}: {}", r.text());
+                assert_eq!(r.text().lines().count(), 1, "{extra}: {}", r.text());
+            }
+            for _ in 0..5 {
+                assert_eq!(support::get(addr, "app.test", "/").await.status, 200);
+            }
+        }
+        drop(files);
+    })
+    .await;
+}

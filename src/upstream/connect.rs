@@ -176,21 +176,26 @@ impl Connector {
         let server_name = ServerName::try_from(sni.clone())
             .map_err(|_| format!("invalid TLS server name {sni:?}"))?;
         let dialer = DIALER.with(|d| d.borrow().clone());
-        let (tls, tls_h1) = match o.scheme {
-            // An in-memory dialler needs no TLS (and loading the system roots per origin would
-            // dominate a fuzz iteration).
-            Scheme::Https if dialer.is_some() => (None, None),
-            Scheme::Https => {
-                let cfg: Arc<ClientConfig> = crate::tls::client_config(
-                    o.raw.tls_ca.as_deref(),
-                    o.raw.tls_verify,
-                    &o.raw.alpn,
-                )?;
-                let h1 = crate::tls::with_alpn(&cfg, &[b"http/1.1"]);
-                (Some(TlsConnector::from(cfg)), Some(TlsConnector::from(h1)))
-            }
-            Scheme::Http => (None, None),
-        };
+        let (tls, tls_h1) =
+            match o.scheme {
+                // An in-memory dialler needs no TLS (and loading the system roots per origin would
+                // dominate a fuzz iteration).
+                Scheme::Https if dialer.is_some() => (None, None),
+                Scheme::Https => {
+                    let cfg: Arc<ClientConfig> = crate::tls::client_config(
+                        o.raw.tls_ca.as_deref(),
+                        o.raw.tls_verify,
+                        &o.raw.alpn,
+                    )?;
+                    // Only if the operator allows http/1.1 to this origin at all.
+                    let h1 =
+                        o.raw.alpn.iter().any(|p| p == "http/1.1").then(|| {
+                            TlsConnector::from(crate::tls::with_alpn(&cfg, &[b"http/1.1"]))
+                        });
+                    (Some(TlsConnector::from(cfg)), h1)
+                }
+                Scheme::Http => (None, None),
+            };
         let servers = o
             .servers
             .iter()
@@ -225,17 +230,32 @@ impl Connector {
     /// When every server is ejected, probes the one whose ejection ends first, so an origin
     /// that is entirely down fails fast instead of hanging.
     pub async fn connect(&self) -> Result<Connected, Error> {
-        self.connect_with(self.tls.as_ref()).await
+        self.connect_with(self.tls.as_ref(), true).await
     }
 
     /// Dials like [`Connector::connect`] but offers only ALPN `http/1.1`, for a dedicated
     /// connection that carries one upgraded exchange (it never enters a pool). It shares the
     /// origin's TLS session store, so it resumes the session like any pool connection.
+    ///
+    /// It skips ejected servers but never ejects or restores one itself: its failure may be
+    /// the origin refusing `http/1.1` (an h2-only server), which says nothing about the
+    /// server's health, and a client must not be able to get servers ejected by asking for
+    /// upgrades.
     pub async fn connect_h1_only(&self) -> Result<Connected, Error> {
-        self.connect_with(self.tls_h1.as_ref()).await
+        self.connect_with(self.tls_h1.as_ref(), false).await
     }
 
-    async fn connect_with(&self, tls: Option<&TlsConnector>) -> Result<Connected, Error> {
+    /// Whether a dedicated HTTP/1.1 connection may be dialled: cleartext origins, and TLS
+    /// origins whose `alpn` lists `http/1.1` (never a cleartext dial to a TLS origin).
+    pub fn h1_only_available(&self) -> bool {
+        self.dialer.is_some() || self.tls.is_none() || self.tls_h1.is_some()
+    }
+
+    async fn connect_with(
+        &self,
+        tls: Option<&TlsConnector>,
+        track_health: bool,
+    ) -> Result<Connected, Error> {
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -252,9 +272,12 @@ impl Connector {
             let server = &self.servers[i];
             match self.connect_one(server, tls).await {
                 Ok(c) => {
-                    server.succeeded();
+                    if track_health {
+                        server.succeeded();
+                    }
                     return Ok(c);
                 }
+                Err(e) if !track_health => last = e,
                 Err(e) => {
                     let ejected_for = server.failed(self.backoff, self.backoff_max);
                     tracing::warn!(origin = %self.origin, server = %format!("{}:{}", server.host, server.port), error = %e, ejected_for = ?ejected_for, "origin server failed; ejected");

@@ -5,7 +5,8 @@
 //! Two carriers, chosen per request:
 //! - **h2** (RFC 8441): a `websocket` upgrade on an origin whose shared HTTP/2 connection
 //!   advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL` becomes an extended CONNECT stream on that
-//!   connection, taken from the multiplexed pool like any request ([`H2Pool::acquire`]).
+//!   connection, taken from the multiplexed pool like any request
+//!   ([`super::h2::H2Pool::acquire`]).
 //! - **dedicated HTTP/1.1**: everything else (no setting, an http/1.1 or cleartext origin, a
 //!   token other than `websocket`) gets a connection of its own, dialled with ALPN `http/1.1`
 //!   only but resuming the origin's TLS session; it never comes from, and never goes back to,
@@ -267,6 +268,11 @@ impl OriginPool {
     /// The dedicated HTTP/1.1 carrier: its own connection (ALPN `http/1.1` only, TLS session
     /// resumed), the request with `Connection: upgrade` and `Upgrade`, and the origin's 101.
     async fn upgrade_h1(&self, req: &UpgradeRequest) -> Result<UpgradeOutcome, Error> {
+        if !self.connector.h1_only_available() {
+            return Err(Error::Protocol(
+                "upgrade needs HTTP/1.1 but the origin's alpn excludes http/1.1".into(),
+            ));
+        }
         let c = self.connector.connect_h1_only().await?;
         let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
