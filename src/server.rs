@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::config::ClientLimits;
 use crate::metrics::Metrics;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::proxy::{ClientInfo, ConnHold, Proxy};
 
 /// What every connection task needs.
 pub struct ServerCtx {
@@ -130,8 +130,12 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = ctx.proxy.clone();
-    let svc = service_fn(move |req| {
+    // Every request carries a `ConnHold`; an upgrade tunnel keeps one after hyper has handed
+    // the connection over, and this task waits for it (see the end of this function).
+    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
+        req.extensions_mut().insert(ConnHold(hold_tx.clone()));
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
     });
     let mut builder = http1::Builder::new();
@@ -147,19 +151,24 @@ where
         .keep_alive(true);
     // `with_upgrades`: after a 101 the connection's I/O goes to the upgrade tunnel
     // (`proxy::upgrade`), which then lives on its own task.
-    let conn = builder
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
+    let mut conn = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades(),
+    );
     let mut shutdown = ctx.shutdown.clone();
     tokio::select! {
         r = conn.as_mut() => log_conn_end(r),
         _ = shutdown.changed() => {
             // Finish the request in flight, then close (Connection: close on the response).
             conn.as_mut().graceful_shutdown();
-            log_conn_end(conn.await);
+            log_conn_end(conn.as_mut().await);
         }
     }
+    // Drops the service and its `ConnHold`; what remains is held by an upgrade tunnel, if
+    // any: the connection stays counted until the tunnel ends (shutdown closes tunnels).
+    drop(conn);
+    let _ = hold_rx.recv().await;
 }
 
 fn log_conn_end(r: Result<(), hyper::Error>) {

@@ -371,6 +371,9 @@ async fn idle_tunnels_are_closed() {
                 let m = c.next().await;
                 assert!(matches!(m, Some(Ok(Message::Text(_)))), "{via}: {m:?}");
             }
+            // The client connection stays counted while its tunnel lives.
+            let down = "muxgate_downstream_connections_open";
+            assert_eq!(metric(&metrics(&gw).await, down), 1.0, "{via}");
             // Then silence: the gateway closes it.
             let start = tokio::time::Instant::now();
             let end = tokio::time::timeout(Duration::from_secs(10), async {
@@ -397,6 +400,16 @@ async fn idle_tunnels_are_closed() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(zero, "{via}: gauge not back to 0");
+            let gw_ref = &gw;
+            let mut down_zero = false;
+            for _ in 0..500 {
+                if metric(&metrics(gw_ref).await, down) == 0.0 {
+                    down_zero = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(down_zero, "{via}: client connection still counted");
         }
         drop(files);
     })

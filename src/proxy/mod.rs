@@ -45,6 +45,13 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
+/// Request extension the client-facing server adds: while any clone of it lives, the server
+/// keeps counting the client connection as open (`client.max_connections`, the
+/// `downstream_connections_open` gauge, graceful shutdown). An upgrade tunnel holds one for its
+/// life, because hyper hands the connection over and finishes its own task at the 101.
+#[derive(Clone)]
+pub struct ConnHold(pub tokio::sync::mpsc::Sender<()>);
+
 /// Configured limits on the request head, checked here so the client gets a 414/431 with a
 /// body (hyper's own parser limit is set at twice these and answers with an empty 431).
 #[derive(Debug, Clone, Copy)]

@@ -24,7 +24,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::{headers, AccessLog, ClientInfo, Proxy, RespBody};
+use super::{headers, AccessLog, ClientInfo, ConnHold, Proxy, RespBody};
 use crate::error::Error;
 use crate::upstream::upgrade::{TunnelIo, UpgradeOutcome, UpgradeRequest, UpgradeSlot, Via};
 use crate::upstream::{BoxError, OriginPool, OutHead};
@@ -156,7 +156,8 @@ impl Proxy {
         B: Body,
     {
         let on_client = hyper::upgrade::on(&mut req);
-        let (parts, _body) = req.into_parts();
+        let (mut parts, _body) = req.into_parts();
+        let hold = parts.extensions.remove::<ConnHold>();
         let (route, host) = self.prelude(&parts, log)?;
         let pool = route.pool.clone();
         let fail = |e: Error| (e, Some(pool.clone()));
@@ -221,6 +222,8 @@ impl Proxy {
         };
         let stop = self.stop_tunnels.subscribe();
         self.tunnels.spawn(async move {
+            // Keeps the client connection counted as open until the tunnel ends.
+            let _hold = hold;
             match on_client.await {
                 Ok(c) => tunnel.run(TokioIo::new(c), io, stop).await,
                 Err(e) => tracing::debug!(error = %e, "client went away before the upgrade"),
