@@ -613,3 +613,62 @@ async fn websocket_to_h2_only_origin_without_the_setting_is_502() {
     })
     .await;
 }
+
+/// Clients that vanish mid-session (TCP dropped, no close handshake) free their RFC 8441
+/// stream slots and places, and the shared connection survives: no new origin connection, and
+/// the next WebSocket and GET work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_clients_free_their_h2_tunnels() {
+    support::init();
+    bounded(120, async {
+        let pki = Pki::localhost().expect("pki");
+        let files = pki.write().expect("files");
+        let origin = WsOrigin::h2_connect().max_streams(200).start(&pki).await;
+        let gw = gateway(origin.addr, &files.ca, "").await;
+        let addr = gw.http_addrs[0];
+        let mut tasks = Vec::new();
+        for id in 0..100usize {
+            tasks.push(tokio::spawn(async move {
+                let mut c = ws::connect(addr, "app.test", "/ws").await.expect("connect");
+                c.send(Message::text(format!("hi {id}")))
+                    .await
+                    .expect("send");
+                assert!(matches!(c.next().await, Some(Ok(Message::Text(_)))));
+                // Half of them leave a message in flight.
+                if id % 2 == 0 {
+                    c.send(Message::binary(vec![1u8; 100_000]))
+                        .await
+                        .expect("send");
+                }
+                drop(c);
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let pool = gw.origin("app").expect("pool").clone();
+        assert!(
+            ws::eventually(Duration::from_secs(20), || {
+                pool.stats().iter().map(|c| c.in_flight).sum::<usize>() == 0
+            })
+            .await,
+            "stream slots still held: {:?}",
+            pool.stats()
+        );
+        let open = r#"muxgate_upgraded_open{origin="app",via="h2"}"#;
+        assert_eq!(metric(&metrics(&gw).await, open), 0.0);
+        assert_eq!(
+            origin.stats.get(|s| &s.connections),
+            1,
+            "shared connection lost"
+        );
+        let s = session(addr, "app.test", 1000, 2)
+            .await
+            .expect("session after aborts");
+        assert_eq!(s.echoed, 4);
+        assert_eq!(support::get(addr, "app.test", "/").await.status, 200);
+        assert_eq!(origin.stats.get(|s| &s.connections), 1);
+        drop(files);
+    })
+    .await;
+}

@@ -378,6 +378,36 @@ impl H2Lease {
     }
 }
 
+impl H2Lease {
+    /// Ends the stream of a tunnel (RFC 8441) that may still be open, with the manners of
+    /// [`H2Body`]: a stream closed both ways needs nothing; if only the origin's half is open,
+    /// a reset is sent while the connection's reset budget allows; otherwise our half is ended
+    /// (END_STREAM) and the origin's is read to its end in the background (bounded), so mass
+    /// client aborts do not become a reset flood on the shared connection. The slot is held
+    /// until the stream is really done.
+    pub fn end_tunnel(self, mut send: SendStream<Bytes>, recv: RecvStream, sent_end: bool) {
+        if recv.is_end_stream() {
+            if !sent_end {
+                // The origin already closed its half: END_STREAM closes the stream cleanly.
+                let _ = send.send_data(Bytes::new(), true);
+            }
+            return;
+        }
+        if self.conn.ctl.try_reset() {
+            // Dropping both halves of an open stream makes h2 reset it (CANCEL).
+            return;
+        }
+        if !sent_end {
+            let _ = send.send_data(Bytes::new(), true);
+        }
+        tokio::spawn(async move {
+            drain(recv).await;
+            drop(send);
+            drop(self);
+        });
+    }
+}
+
 impl Drop for H2Lease {
     fn drop(&mut self) {
         self.shared.metrics.streams_active.dec();

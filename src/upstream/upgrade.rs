@@ -242,11 +242,9 @@ impl OriginPool {
             return Ok(UpgradeOutcome::Switched {
                 head: parts,
                 io: TunnelIo::H2(H2Tunnel {
-                    send,
-                    recv,
+                    stream: Some((send, recv, lease)),
                     buf: Bytes::new(),
                     shut: false,
-                    _lease: lease,
                 }),
                 via: Via::H2,
                 conn_id,
@@ -363,13 +361,25 @@ pub enum TunnelIo {
 /// An h2 stream as `AsyncRead`/`AsyncWrite`, honouring flow control both ways: writes wait for
 /// send capacity granted by the origin's window; reads give window back only as bytes are
 /// handed on, so a slow client slows the origin. Shutdown sends END_STREAM. Dropped with the
-/// stream still open, h2 resets it (CANCEL); the lease then frees its slot.
+/// stream still open, [`H2Lease::end_tunnel`] closes it (reset within the connection's budget,
+/// else END_STREAM and a bounded drain) and frees the slot.
 pub struct H2Tunnel {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// `None` only during drop.
+    stream: Option<(SendStream<Bytes>, RecvStream, H2Lease)>,
     buf: Bytes,
     shut: bool,
-    _lease: H2Lease,
+}
+
+impl Drop for H2Tunnel {
+    fn drop(&mut self) {
+        if let Some((send, recv, lease)) = self.stream.take() {
+            lease.end_tunnel(send, recv, self.shut);
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::ErrorKind::BrokenPipe.into()
 }
 
 /// Largest DATA payload asked for at once.
@@ -391,8 +401,11 @@ impl AsyncRead for H2Tunnel {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let Some((_, recv, _)) = this.stream.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
         while this.buf.is_empty() {
-            match this.recv.poll_data(cx) {
+            match recv.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 // END_STREAM: the origin closed its half.
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
@@ -408,7 +421,7 @@ impl AsyncRead for H2Tunnel {
         let n = this.buf.len().min(out.remaining());
         out.put_slice(&this.buf[..n]);
         this.buf.advance(n);
-        let _ = this.recv.flow_control().release_capacity(n);
+        let _ = recv.flow_control().release_capacity(n);
         Poll::Ready(Ok(()))
     }
 }
@@ -419,11 +432,14 @@ impl AsyncWrite for H2Tunnel {
         if b.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let Some((send, _, _)) = this.stream.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
         if this.shut {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            return Poll::Ready(Err(gone()));
         }
-        while this.send.capacity() == 0 {
-            if let Poll::Ready(r) = this.send.poll_reset(cx) {
+        while send.capacity() == 0 {
+            if let Poll::Ready(r) = send.poll_reset(cx) {
                 let e = match r {
                     Ok(reason) => h2::Error::from(reason),
                     Err(e) => e,
@@ -432,17 +448,16 @@ impl AsyncWrite for H2Tunnel {
             }
             // Reserve only when there is something to send: an idle reservation would pin
             // window on the shared connection.
-            this.send.reserve_capacity(b.len().min(MAX_WRITE));
-            match this.send.poll_capacity(cx) {
+            send.reserve_capacity(b.len().min(MAX_WRITE));
+            match send.poll_capacity(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(_))) => {}
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io(e))),
-                Poll::Ready(None) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Poll::Ready(None) => return Poll::Ready(Err(gone())),
             }
         }
-        let n = this.send.capacity().min(b.len());
-        this.send
-            .send_data(Bytes::copy_from_slice(&b[..n]), false)
+        let n = send.capacity().min(b.len());
+        send.send_data(Bytes::copy_from_slice(&b[..n]), false)
             .map_err(h2_io)?;
         Poll::Ready(Ok(n))
     }
@@ -454,9 +469,12 @@ impl AsyncWrite for H2Tunnel {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let Some((send, _, _)) = this.stream.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
         if !this.shut {
             this.shut = true;
-            this.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            send.send_data(Bytes::new(), true).map_err(h2_io)?;
         }
         Poll::Ready(Ok(()))
     }
