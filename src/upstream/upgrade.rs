@@ -515,3 +515,36 @@ impl AsyncWrite for TunnelIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::uri::{Authority, PathAndQuery};
+    use http::HeaderMap;
+
+    #[test]
+    fn extended_connect_request() {
+        let mut headers = HeaderMap::new();
+        headers.insert("sec-websocket-key", HeaderValue::from_static("k"));
+        headers.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        headers.insert("origin", HeaderValue::from_static("https://a.test"));
+        let head = OutHead {
+            method: Method::GET,
+            authority: Authority::from_static("a.test"),
+            path_and_query: PathAndQuery::from_static("/chat?room=1"),
+            headers,
+        };
+        let r = extended_connect(&head).unwrap();
+        assert_eq!(r.method(), Method::CONNECT);
+        assert_eq!(r.uri(), "https://a.test/chat?room=1");
+        assert_eq!(
+            r.extensions()
+                .get::<h2::ext::Protocol>()
+                .map(|p| p.as_str()),
+            Some("websocket")
+        );
+        assert!(!r.headers().contains_key("sec-websocket-key"));
+        assert_eq!(r.headers()["sec-websocket-version"], "13");
+        assert_eq!(r.headers()["origin"], "https://a.test");
+    }
+}
