@@ -383,6 +383,12 @@ pub struct Origin {
     /// Also retry idempotent requests that may have reached the origin (connection reset
     /// mid-request), once. Default false.
     pub retry_idempotent: bool,
+    /// Upgraded connections (WebSocket and other `Upgrade`s): close a tunnel after this long
+    /// with no byte in either direction. Default `"300s"`.
+    pub upgrade_idle_timeout: HumanDuration,
+    /// Upgraded connections open to this origin at most; past it an upgrade request gets 503.
+    /// Default 10000.
+    pub max_upgraded: usize,
 }
 
 impl Default for Origin {
@@ -421,6 +427,8 @@ impl Default for Origin {
             connection_window: ByteSize(16 << 20),
             retry_buffer: ByteSize(64 << 10),
             retry_idempotent: false,
+            upgrade_idle_timeout: secs(300),
+            max_upgraded: 10_000,
         }
     }
 }
@@ -663,6 +671,7 @@ fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
         ("idle_timeout", o.idle_timeout),
         ("keepalive_timeout", o.keepalive_timeout),
         ("resolve_interval", o.resolve_interval),
+        ("upgrade_idle_timeout", o.upgrade_idle_timeout),
     ] {
         if d.0.is_zero() {
             return Err(err(format!("{k}.{key}"), "must be greater than zero"));

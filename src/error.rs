@@ -71,6 +71,9 @@ pub enum Error {
     /// `Cache-Control: only-if-cached` and nothing usable is stored (RFC 9111 §5.2.1.7).
     #[error("not in cache")]
     NotCached,
+    /// `max_upgraded` upgraded connections are already open to the origin.
+    #[error("too many upgraded connections to the origin")]
+    UpgradeLimit,
     /// The origin pool is shutting down.
     #[error("gateway shutting down")]
     ShuttingDown,
@@ -87,9 +90,11 @@ impl Error {
             | Error::UnsupportedCoding
             | Error::HeadersTooLarge
             | Error::UriTooLong => Side::Client,
-            Error::QueueFull | Error::PendingTimeout | Error::ShuttingDown | Error::NotCached => {
-                Side::Internal
-            }
+            Error::QueueFull
+            | Error::PendingTimeout
+            | Error::ShuttingDown
+            | Error::NotCached
+            | Error::UpgradeLimit => Side::Internal,
             _ => Side::Origin,
         }
     }
@@ -110,9 +115,10 @@ impl Error {
             | Error::TlsTimeout
             | Error::ResponseTimeout
             | Error::NotCached => StatusCode::GATEWAY_TIMEOUT,
-            Error::QueueFull | Error::PendingTimeout | Error::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::QueueFull
+            | Error::PendingTimeout
+            | Error::ShuttingDown
+            | Error::UpgradeLimit => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -10,7 +10,8 @@
 //! - [`config`]: figment layering and validation into a [`config::ValidConfig`].
 //! - [`server`]: client listeners, TLS termination, limits, graceful shutdown.
 //! - [`route`]: host → origin.
-//! - [`proxy`]: request/response translation, access log.
+//! - [`proxy`]: request/response translation, upgrades (WebSocket: RFC 8441 or a dedicated
+//!   HTTP/1.1 connection), access log.
 //! - [`upstream`]: name resolution and re-resolution, dialling, the multiplexed HTTP/2 pool,
 //!   the HTTP/1.1 pool, retries.
 //! - [`admin`]: `/healthz`, `/metrics`, `/pool`.
@@ -225,12 +226,18 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Stops accepting, lets in-flight requests finish within `drain_timeout`, then returns.
+    /// Stops accepting, closes upgraded connections (WebSockets), lets in-flight requests
+    /// finish within `drain_timeout`, then returns.
     /// Returns false if connections were still open at the deadline.
     pub async fn shutdown(self) -> bool {
         let _ = self.shutdown_tx.send(true);
         self.tracker.close();
-        tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+        let drain = async {
+            // Upgraded connections are closed at once; requests get the drain time.
+            let proxy = self.live.proxy.load_full();
+            tokio::join!(self.tracker.wait(), proxy.close_upgrades());
+        };
+        tokio::time::timeout(self.drain_timeout, drain)
             .await
             .is_ok()
     }

@@ -49,6 +49,11 @@ pub struct Metrics {
     /// `muxgate_dns_resolutions_total{origin,result}` (extension): re-resolutions of origin host
     /// names, `result` = `ok` or `error` (failed or empty answer; the last good addresses stay).
     pub dns_resolutions_total: Family<Labels, Counter>,
+    /// `muxgate_upgraded_open{origin,via}` (extension): upgraded connections (WebSocket…) open,
+    /// `via` = `h2` (RFC 8441 stream) or `http/1.1` (dedicated connection).
+    pub upgraded_open: Family<Labels, Gauge>,
+    /// `muxgate_upgraded_total{origin,via}` (extension): upgraded connections opened.
+    pub upgraded_total: Family<Labels, Counter>,
     /// `muxgate_cache_entries` (extension): stored keys.
     pub cache_entries: Gauge,
     /// `muxgate_cache_size_bytes` (extension): weighed size of the store.
@@ -75,6 +80,8 @@ impl Metrics {
             request_duration_seconds: Family::new_with_constructor(histogram),
             cache_requests_total: Family::default(),
             dns_resolutions_total: Family::default(),
+            upgraded_open: Family::default(),
+            upgraded_total: Family::default(),
             cache_entries: Gauge::default(),
             cache_size_bytes: Gauge::default(),
             config_reloads_total: Family::default(),
@@ -146,6 +153,16 @@ impl Metrics {
             m.dns_resolutions_total.clone(),
         );
         registry.register(
+            "upgraded_open",
+            "Upgraded connections (WebSocket and other Upgrades) open, by origin and carrier",
+            m.upgraded_open.clone(),
+        );
+        registry.register(
+            "upgraded",
+            "Upgraded connections opened, by origin and carrier",
+            m.upgraded_total.clone(),
+        );
+        registry.register(
             "cache_entries",
             "Keys in the response cache",
             m.cache_entries.clone(),
@@ -201,7 +218,15 @@ impl Metrics {
         let only = vec![("origin", origin.to_string())];
         let streams_active = gauge(&self.upstream_streams_active, only.clone());
         let duration = self.request_duration_seconds.get_or_create(&only).clone();
+        let upgraded_open_h2 = gauge(&self.upgraded_open, labels("via", "h2"));
+        let upgraded_open_h1 = gauge(&self.upgraded_open, labels("via", "http/1.1"));
+        let upgraded_h2 = counter(&self.upgraded_total, labels("via", "h2"));
+        let upgraded_h1 = counter(&self.upgraded_total, labels("via", "http/1.1"));
         OriginMetrics {
+            upgraded_open_h2,
+            upgraded_open_h1,
+            upgraded_h2,
+            upgraded_h1,
             name: origin.to_string(),
             conns_h2,
             conns_h1,
@@ -241,6 +266,14 @@ pub struct OriginMetrics {
     /// the family lookup (label allocation, hashing, a lock) cost ~1,300 instructions per
     /// request in bench/callgrind.sh.
     by_status: Arc<[std::sync::OnceLock<Counter>]>,
+    /// Upgraded connections open over an h2 stream (RFC 8441).
+    pub upgraded_open_h2: Gauge,
+    /// Upgraded connections open over a dedicated HTTP/1.1 connection.
+    pub upgraded_open_h1: Gauge,
+    /// Upgraded connections opened over an h2 stream.
+    pub upgraded_h2: Counter,
+    /// Upgraded connections opened over a dedicated HTTP/1.1 connection.
+    pub upgraded_h1: Counter,
     all: Arc<Metrics>,
 }
 

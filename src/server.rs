@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::config::ClientLimits;
 use crate::metrics::Metrics;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::proxy::{ClientInfo, ConnHold, Proxy};
 
 /// What a configuration reload swaps. Read once per request (the proxy: routes, pools, cache)
 /// or once per accepted connection (the limits), so a reload never disturbs a request in flight
@@ -140,8 +140,12 @@ where
 {
     let live = ctx.live.clone();
     let limits = live.limits.load_full();
-    let svc = service_fn(move |req| {
+    // Every request carries a `ConnHold`; an upgrade tunnel keeps one after hyper has handed
+    // the connection over, and this task waits for it (see the end of this function).
+    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let proxy = live.proxy.load_full();
+        req.extensions_mut().insert(ConnHold(hold_tx.clone()));
         // Boxed: hyper keeps one allocation the size of this future for the connection's whole
         // life, idle or not; unboxed, the proxy's request future made every idle keep-alive
         // connection several KiB larger (bench/idle_conns.sh).
@@ -161,17 +165,26 @@ where
     if let Some(n) = hyper_max_headers(&limits) {
         builder.max_headers(n);
     }
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    // `with_upgrades`: after a 101 the connection's I/O goes to the upgrade tunnel
+    // (`proxy::upgrade`), which then lives on its own task.
+    let mut conn = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades(),
+    );
     let mut shutdown = ctx.shutdown.clone();
     tokio::select! {
         r = conn.as_mut() => log_conn_end(r),
         _ = shutdown.changed() => {
             // Finish the request in flight, then close (Connection: close on the response).
             conn.as_mut().graceful_shutdown();
-            log_conn_end(conn.await);
+            log_conn_end(conn.as_mut().await);
         }
     }
+    // Drops the service and its `ConnHold`; what remains is held by an upgrade tunnel, if
+    // any: the connection stays counted until the tunnel ends (shutdown closes tunnels).
+    drop(conn);
+    let _ = hold_rx.recv().await;
 }
 
 /// The header-count limit given to hyper: its own default (100) unless `client.max_headers`

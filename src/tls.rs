@@ -131,6 +131,17 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// The same origin client config offering only `alpn`, for connections that must not negotiate
+/// h2 (dedicated HTTP/1.1 connections for `Upgrade`). Cloning a `ClientConfig` clones its
+/// [`Resumption`], which holds the session store behind an `Arc`: both configs share one
+/// store, so a dedicated connection resumes the session of the pool's connections and the
+/// other way round (the server name is the cache key; ALPN matters only for 0-RTT, unused).
+pub fn with_alpn(cfg: &ClientConfig, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut cfg = cfg.clone();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
 /// Accepts any certificate: only with `tls_verify = false`, which logs a warning at start.
 #[derive(Debug)]
 struct NoVerify(Arc<CryptoProvider>);

@@ -171,8 +171,10 @@ async fn new_process_takes_over_the_port_while_the_old_one_drains() {
         .await
         .text();
     let served = metric_value(&m, r#"muxgate_requests_total{origin="app",status="200"}"#);
+    // Each of the 16 clients may count one response from the old process just after its exit
+    // was observed.
     assert!(
-        served.unwrap_or(0.0) >= (ok - at_exit) as f64,
+        served.unwrap_or(0.0) + 16.0 >= (ok - at_exit) as f64,
         "the new process served them: {served:?}"
     );
 }

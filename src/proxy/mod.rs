@@ -1,9 +1,11 @@
 //! The request path between the client-facing server and the origin pools: route by host,
 //! check the request, translate headers ([`headers`]), send through the origin's pool, translate
-//! the response, and write one access-log line when the response body is done.
+//! the response, and write one access-log line when the response body is done. Upgrade requests
+//! (WebSocket…) branch off to [`upgrade`].
 
 pub mod cached;
 pub mod headers;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -43,6 +45,13 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
+/// Request extension the client-facing server adds: while any clone of it lives, the server
+/// keeps counting the client connection as open (`client.max_connections`, the
+/// `downstream_connections_open` gauge, graceful shutdown). An upgrade tunnel holds one for its
+/// life, because hyper hands the connection over and finishes its own task at the 101.
+#[derive(Clone)]
+pub struct ConnHold(pub tokio::sync::mpsc::Sender<()>);
+
 /// Configured limits on the request head, checked here so the client gets a 414/431 with a
 /// body (hyper's own parser limit is set at twice these and answers with an empty 431).
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +76,10 @@ pub struct Proxy {
     head: HeadLimits,
     cache: Option<Arc<CacheRt>>,
     metrics: Arc<Metrics>,
+    /// Running upgrade tunnels (they outlive their client connection's task).
+    tunnels: tokio_util::task::TaskTracker,
+    /// Set at shutdown: every tunnel closes.
+    stop_tunnels: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -125,6 +138,8 @@ impl Proxy {
             },
             cache,
             metrics: metrics.clone(),
+            tunnels: tokio_util::task::TaskTracker::new(),
+            stop_tunnels: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -139,6 +154,14 @@ impl Proxy {
     /// The response cache, when enabled.
     pub fn cache(&self) -> Option<&Arc<CacheRt>> {
         self.cache.as_ref()
+    }
+
+    /// Closes every upgraded connection (a tunnel has no "end of the request" to wait for) and
+    /// waits until their tasks have ended. Part of graceful shutdown.
+    pub async fn close_upgrades(&self) {
+        self.stop_tunnels.send_replace(true);
+        self.tunnels.close();
+        self.tunnels.wait().await;
     }
 
     /// All origin pools.
@@ -174,7 +197,10 @@ impl Proxy {
             conn_id: 0,
             cache: None,
         };
-        let result = self.forward(req, client, &mut log).await;
+        let result = match upgrade::requested(&req) {
+            Some(want) => self.upgrade(req, want, client, &mut log).await,
+            None => self.forward(req, client, &mut log).await,
+        };
         let (mut resp, origin) = match result {
             Ok((resp, origin)) => (resp, Some(origin)),
             Err((e, origin)) => {
@@ -213,20 +239,9 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
-        check_head(&parts, self.head).map_err(|e| (e, None))?;
-        let host = request_host(&parts).map_err(|e| (e, None))?;
-        log.host = host.to_string();
-        let idx = self
-            .router
-            .route(host.host())
-            .ok_or((Error::NoRoute, None))?;
-        let route = &self.routes[idx];
+        let (route, host) = self.prelude(&parts, log)?;
         let pool = route.pool.clone();
-        log.origin = pool.name().to_string();
         let fail = |e: Error| (e, Some(pool.clone()));
-        if parts.method == Method::CONNECT {
-            return Err(fail(Error::BadRequest("CONNECT is not supported")));
-        }
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -298,6 +313,32 @@ impl Proxy {
         headers::response_to_client(&mut parts.headers);
         let body = body.map_err(BoxError::from).boxed_unsync();
         Ok((Response::from_parts(parts, body), pool))
+    }
+
+    /// What every request goes through first: head limits, host, route, and the refusal of
+    /// CONNECT.
+    #[allow(clippy::type_complexity)]
+    fn prelude(
+        &self,
+        parts: &http::request::Parts,
+        log: &mut AccessLog,
+    ) -> Result<(&Route, Authority), (Error, Option<Arc<OriginPool>>)> {
+        check_head(parts, self.head).map_err(|e| (e, None))?;
+        let host = request_host(parts).map_err(|e| (e, None))?;
+        log.host = host.to_string();
+        let idx = self
+            .router
+            .route(host.host())
+            .ok_or((Error::NoRoute, None))?;
+        let route = &self.routes[idx];
+        log.origin = route.pool.name().to_string();
+        if parts.method == Method::CONNECT {
+            return Err((
+                Error::BadRequest("CONNECT is not supported"),
+                Some(route.pool.clone()),
+            ));
+        }
+        Ok((route, host))
     }
 
     /// Chooses how the request body travels: empty, buffered (replayable), or streamed.

@@ -179,6 +179,9 @@ pub struct Connector {
     next: AtomicUsize,
     server_name: ServerName<'static>,
     tls: Option<TlsConnector>,
+    /// Same config and session store as `tls`, ALPN `http/1.1` only: dedicated connections
+    /// for upgrades, which must not negotiate h2.
+    tls_h1: Option<TlsConnector>,
     connect_timeout: Duration,
     tls_timeout: Duration,
     backoff: Duration,
@@ -213,20 +216,26 @@ impl Connector {
         let server_name = ServerName::try_from(sni.clone())
             .map_err(|_| format!("invalid TLS server name {sni:?}"))?;
         let dialer = DIALER.with(|d| d.borrow().clone());
-        let tls = match o.scheme {
-            // An in-memory dialler needs no TLS (and loading the system roots per origin would
-            // dominate a fuzz iteration).
-            Scheme::Https if dialer.is_some() => None,
-            Scheme::Https => {
-                let cfg: Arc<ClientConfig> = crate::tls::client_config(
-                    o.raw.tls_ca.as_deref(),
-                    o.raw.tls_verify,
-                    &o.raw.alpn,
-                )?;
-                Some(TlsConnector::from(cfg))
-            }
-            Scheme::Http => None,
-        };
+        let (tls, tls_h1) =
+            match o.scheme {
+                // An in-memory dialler needs no TLS (and loading the system roots per origin would
+                // dominate a fuzz iteration).
+                Scheme::Https if dialer.is_some() => (None, None),
+                Scheme::Https => {
+                    let cfg: Arc<ClientConfig> = crate::tls::client_config(
+                        o.raw.tls_ca.as_deref(),
+                        o.raw.tls_verify,
+                        &o.raw.alpn,
+                    )?;
+                    // Only if the operator allows http/1.1 to this origin at all.
+                    let h1 =
+                        o.raw.alpn.iter().any(|p| p == "http/1.1").then(|| {
+                            TlsConnector::from(crate::tls::with_alpn(&cfg, &[b"http/1.1"]))
+                        });
+                    (Some(TlsConnector::from(cfg)), h1)
+                }
+                Scheme::Http => (None, None),
+            };
         let servers = o
             .servers
             .iter()
@@ -251,6 +260,7 @@ impl Connector {
             next: AtomicUsize::new(0),
             server_name,
             tls,
+            tls_h1,
             connect_timeout: o.raw.connect_timeout.0,
             tls_timeout: o.raw.tls_handshake_timeout.0,
             backoff: o.raw.server_backoff.0,
@@ -357,6 +367,32 @@ impl Connector {
     /// When every server is ejected, probes the one whose ejection ends first, so an origin
     /// that is entirely down fails fast instead of hanging.
     pub async fn connect(&self) -> Result<Connected, Error> {
+        self.connect_with(self.tls.as_ref(), true).await
+    }
+
+    /// Dials like [`Connector::connect`] but offers only ALPN `http/1.1`, for a dedicated
+    /// connection that carries one upgraded exchange (it never enters a pool). It shares the
+    /// origin's TLS session store, so it resumes the session like any pool connection.
+    ///
+    /// It skips ejected servers but never ejects or restores one itself: its failure may be
+    /// the origin refusing `http/1.1` (an h2-only server), which says nothing about the
+    /// server's health, and a client must not be able to get servers ejected by asking for
+    /// upgrades.
+    pub async fn connect_h1_only(&self) -> Result<Connected, Error> {
+        self.connect_with(self.tls_h1.as_ref(), false).await
+    }
+
+    /// Whether a dedicated HTTP/1.1 connection may be dialled: cleartext origins, and TLS
+    /// origins whose `alpn` lists `http/1.1` (never a cleartext dial to a TLS origin).
+    pub fn h1_only_available(&self) -> bool {
+        self.dialer.is_some() || self.tls.is_none() || self.tls_h1.is_some()
+    }
+
+    async fn connect_with(
+        &self,
+        tls: Option<&TlsConnector>,
+        track_health: bool,
+    ) -> Result<Connected, Error> {
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -371,11 +407,14 @@ impl Connector {
         let mut last = Error::Connect(format!("origin {} has no server", self.origin));
         for i in order {
             let server = &self.servers[i];
-            match self.connect_one(server).await {
+            match self.connect_one(server, tls).await {
                 Ok(c) => {
-                    server.succeeded();
+                    if track_health {
+                        server.succeeded();
+                    }
                     return Ok(c);
                 }
+                Err(e) if !track_health => last = e,
                 Err(e) => {
                     let ejected_for = server.failed(self.backoff, self.backoff_max);
                     tracing::warn!(origin = %self.origin, server = %format!("{}:{}", server.host, server.port), error = %e, ejected_for = ?ejected_for, "origin server failed; ejected");
@@ -386,7 +425,11 @@ impl Connector {
         Err(last)
     }
 
-    async fn connect_one(&self, server: &Server) -> Result<Connected, Error> {
+    async fn connect_one(
+        &self,
+        server: &Server,
+        tls: Option<&TlsConnector>,
+    ) -> Result<Connected, Error> {
         if let Some(dial) = &self.dialer {
             return dial(&server.host, server.port);
         }
@@ -400,7 +443,7 @@ impl Connector {
             .await
             .map_err(|_| Error::ConnectTimeout)??;
         let _ = tcp.set_nodelay(true);
-        let Some(tls) = &self.tls else {
+        let Some(tls) = tls else {
             return Ok(Connected {
                 io: Transport::Plain(tcp),
                 h2: false,

@@ -29,6 +29,13 @@
 //! then (or if every dial fails) the old connection keeps serving, so a DNS change costs no
 //! request. [`H2Pool::drain_all`] closes every connection for new streams at once.
 //!
+//! # Tunnels
+//! An RFC 8441 WebSocket tunnel ([`super::upgrade`]) takes its stream with [`H2Pool::acquire`]
+//! like a request and holds the [`H2Lease`] until the tunnel ends: it counts against the
+//! connection's stream limit for its whole life (hazard: long-lived tunnels can fill the pool
+//! and make requests queue; `max_upgraded` bounds them). The slot is freed when the tunnel's
+//! I/O object is dropped, however the tunnel ended.
+//!
 //! # Race window
 //! The pool learns of a GOAWAY when the next `send_request` on that connection fails; that
 //! request was never sent and is retried elsewhere, so the window costs a retry, never an error
@@ -219,6 +226,30 @@ impl H2Conn {
         Ok((response, pump))
     }
 
+    /// Whether the origin advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` on this connection
+    /// (RFC 8441 §3: "a client MUST NOT send a CONNECT request with the :protocol pseudo-header
+    /// unless the server has sent this setting"). Known once the peer's SETTINGS were read,
+    /// which the pool waits for before publishing a connection.
+    pub fn extended_connect(&self) -> bool {
+        self.sender.is_extended_connect_protocol_enabled()
+    }
+
+    /// Opens a stream for an extended CONNECT (RFC 8441 §4) and keeps its send half open: the
+    /// caller owns the returned `SendStream` for the tunnel's life. An error here means nothing
+    /// was sent.
+    pub async fn start_tunnel(
+        &self,
+        head: Request<()>,
+    ) -> Result<(PendingResponse, SendStream<Bytes>), h2::Error> {
+        let mut sender = self.sender.clone().ready().await?;
+        let (response, stream) = sender.send_request(head, false)?;
+        let response = PendingResponse {
+            fut: Some(response),
+            ctl: self.ctl.clone(),
+        };
+        Ok((response, stream))
+    }
+
     /// Wraps a response body from this connection (its drop obeys the reset budget).
     pub fn body(&self, recv: RecvStream, headers: &HeaderMap) -> H2Body {
         H2Body {
@@ -368,6 +399,36 @@ impl H2Lease {
     /// The connection this slot is on.
     pub fn conn(&self) -> &Arc<H2Conn> {
         &self.conn
+    }
+}
+
+impl H2Lease {
+    /// Ends the stream of a tunnel (RFC 8441) that may still be open, with the manners of
+    /// [`H2Body`]: a stream closed both ways needs nothing; if only the origin's half is open,
+    /// a reset is sent while the connection's reset budget allows; otherwise our half is ended
+    /// (END_STREAM) and the origin's is read to its end in the background (bounded), so mass
+    /// client aborts do not become a reset flood on the shared connection. The slot is held
+    /// until the stream is really done.
+    pub fn end_tunnel(self, mut send: SendStream<Bytes>, recv: RecvStream, sent_end: bool) {
+        if recv.is_end_stream() {
+            if !sent_end {
+                // The origin already closed its half: END_STREAM closes the stream cleanly.
+                let _ = send.send_data(Bytes::new(), true);
+            }
+            return;
+        }
+        if self.conn.ctl.try_reset() {
+            // Dropping both halves of an open stream makes h2 reset it (CANCEL).
+            return;
+        }
+        if !sent_end {
+            let _ = send.send_data(Bytes::new(), true);
+        }
+        tokio::spawn(async move {
+            drain(recv).await;
+            drop(send);
+            drop(self);
+        });
     }
 }
 

@@ -18,11 +18,12 @@ pub mod connect;
 pub mod h1;
 pub mod h2;
 pub mod resolve;
+pub mod upgrade;
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -252,6 +253,9 @@ pub enum Guard {
         #[allow(dead_code)] Option<h2::PumpGuard>,
     ),
     H1(H1Lease),
+    /// A dedicated HTTP/1.1 connection (an upgrade the origin declined): its sender, so the
+    /// connection lives until the response is done, then closes (it never enters the pool).
+    Dedicated(#[allow(dead_code)] hyper::client::conn::http1::SendRequest<UpBody>),
 }
 
 /// The bytes of a response, from either pool.
@@ -344,6 +348,11 @@ pub struct OriginPool {
     metrics: OriginMetrics,
     response_header_timeout: Duration,
     retry_idempotent: bool,
+    next_id: Arc<AtomicU64>,
+    /// Upgraded connections open now (see [`upgrade`]).
+    upgraded: Arc<AtomicUsize>,
+    max_upgraded: usize,
+    upgrade_idle_timeout: Duration,
 }
 
 impl OriginPool {
@@ -362,7 +371,7 @@ impl OriginPool {
                 h1.clone(),
                 use_h1.clone(),
                 metrics.clone(),
-                next_id,
+                next_id.clone(),
             )
         });
         if o.scheme == Scheme::Https && !o.raw.tls_verify {
@@ -385,6 +394,10 @@ impl OriginPool {
             metrics,
             response_header_timeout: o.raw.response_header_timeout.0,
             retry_idempotent: o.raw.retry_idempotent,
+            next_id,
+            upgraded: Arc::new(AtomicUsize::new(0)),
+            max_upgraded: o.raw.max_upgraded,
+            upgrade_idle_timeout: o.raw.upgrade_idle_timeout.0,
         })
     }
 
