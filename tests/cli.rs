@@ -302,3 +302,18 @@ async fn run_exits_0_on_sigterm_right_after_listening() {
         assert_eq!(status.code(), Some(0), "round {round}: {status:?}");
     }
 }
+
+/// `muxgate --version` prints the name and the crate version and exits 0.
+#[tokio::test]
+async fn version_is_printed() {
+    let mut cmd = muxgate();
+    cmd.arg("--version");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        format!("muxgate {}", env!("CARGO_PKG_VERSION")),
+        "{text:?}"
+    );
+}
