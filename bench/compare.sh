@@ -17,6 +17,11 @@
 #   close-c50                  50 clients sending `Connection: close` (a client connection per request)
 #   ka-c200-100k               200 keep-alive clients, GET 100 KiB
 #   fallback-c200              200 keep-alive clients, GET 1 KiB from the http/1.1-only origin port
+#   hit-c200                   200 keep-alive clients, GET a cacheable 1 KiB object (the origin
+#                              sends Cache-Control: max-age=3600 under /c/) with each gateway's
+#                              cache on: muxgate [cache], nginx proxy_cache, HAProxy's cache
+#                              section; nghttpx has no cache and sits out. Add nginx with
+#                              GATEWAYS="muxgate haproxy nginx direct" to compare with proxy_cache.
 #
 # Every gateway is started fresh for every run (so "full handshakes" counts the cold start) and
 # stopped after it; within a repetition each case runs every gateway in turn (the order rotates
@@ -45,7 +50,7 @@ root_dir=$PWD
 
 DUR=${DUR:-10}
 REPS=${REPS:-3}
-CASES=${CASES:-"ka-c50 ka-c200 ka-c1000 close-c50 ka-c200-100k fallback-c200"}
+CASES=${CASES:-"ka-c50 ka-c200 ka-c1000 close-c50 ka-c200-100k fallback-c200 hit-c200"}
 GATEWAYS=${GATEWAYS:-"muxgate haproxy nghttpx direct"}
 THREADS=${THREADS:-$(nproc)}
 ORIGIN_WORKERS=${ORIGIN_WORKERS:-auto}
@@ -250,7 +255,11 @@ http {
   ssl_protocols TLSv1.2 TLSv1.3;
   ssl_session_cache shared:SSL:10m;
   ssl_session_timeout 1h;
-  server { listen 127.0.0.1:$oport ssl http2; root $work/www; }
+  server {
+    listen 127.0.0.1:$oport ssl http2;
+    root $work/www;
+    location /c/ { alias $work/www/; add_header Cache-Control "public, max-age=3600"; }
+  }
   server { listen 127.0.0.1:$h1port ssl; root $work/www; }
 }
 NGINX
@@ -292,9 +301,10 @@ for g in $GATEWAYS; do
   gport[$g]=$(free_port)
 done
 
-# write_configs NAME ORIGIN_PORT: configs for every gateway pointing at that origin port.
+# write_configs NAME ORIGIN_PORT [cache]: configs for every gateway pointing at that origin
+# port; with "cache", each gateway's response cache is on.
 write_configs() {
-  local name=$1 op=$2 d=$work/cfg-$1
+  local name=$1 op=$2 d=$work/cfg-$1 cache=${3:-}
   mkdir -p "$d"
   cat >"$d/muxgate.toml" <<TOML
 listen = ["127.0.0.1:${gport[muxgate]:-0}"]
@@ -311,6 +321,14 @@ tls_server_name = "$SNI"
 tls_ca = "$CA"
 $EXTRA_MUXGATE
 TOML
+  local hap_cache="" hap_cache_use="" ngx_cache_path="" ngx_cache=""
+  if [[ $cache == cache ]]; then
+    printf '[cache]\nenabled = true\n' >>"$d/muxgate.toml"
+    hap_cache=$'cache c\n  total-max-size 64\n  max-object-size 1048576\n  max-age 3600'
+    hap_cache_use=$'  http-request cache-use c\n  http-response cache-store c'
+    ngx_cache_path="proxy_cache_path $d/nginx/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=1h use_temp_path=off;"
+    ngx_cache="proxy_cache c;"
+  fi
   cat >"$d/haproxy.cfg" <<HAP
 global
   nbthread $THREADS
@@ -328,7 +346,9 @@ frontend fe
   default_backend be
 backend be
   http-reuse always
+$hap_cache_use
   server origin 127.0.0.1:$op ssl verify required ca-file $CA sni str($SNI) verifyhost $SNI alpn h2,http/1.1
+$hap_cache
 HAP
   cat >"$d/nghttpx.conf" <<NGX
 frontend=127.0.0.1,${gport[nghttpx]:-0};no-tls
@@ -356,6 +376,7 @@ http {
   scgi_temp_path $d/nginx/tmp_scgi;
   keepalive_requests 100000000;
   upstream origin { server 127.0.0.1:$op; keepalive 32; }
+  $ngx_cache_path
   server {
     listen 127.0.0.1:${gport[nginx]:-0};
     location / {
@@ -368,6 +389,7 @@ http {
       proxy_ssl_verify on;
       proxy_ssl_trusted_certificate $CA;
       proxy_ssl_session_reuse on;
+      $ngx_cache
     }
   }
 }
@@ -381,6 +403,7 @@ NGINX
 }
 write_configs h2 "$oport"
 write_configs h1 "$h1port"
+write_configs cache "$oport" cache
 
 # start_gateway NAME CFGSET LOGFILE → sets gw_pid (empty for direct); returns 1 if it did not start.
 start_gateway() {
@@ -430,6 +453,7 @@ case_spec() {
     close-c50) echo "50 /1k.bin h2 close" ;;
     ka-c200-100k) echo "200 /100k.bin h2 -" ;;
     fallback-c200) echo "200 /1k.bin h1 -" ;;
+    hit-c200) echo "200 /c/1k.bin cache -" ;;
     *) die "unknown case '$1'" ;;
   esac
 }
@@ -456,7 +480,7 @@ run_one() {
   fi
   rotate_origin_log "$work/origin/discard.log" # anything before this run's load
   if [[ $g == direct ]]; then
-    [[ $set == h2 ]] && url="https://127.0.0.1:$oport$path" || url="https://127.0.0.1:$h1port$path"
+    [[ $set == h1 ]] && url="https://127.0.0.1:$h1port$path" || url="https://127.0.0.1:$oport$path"
   else
     url="http://127.0.0.1:${gport[$g]}$path"
   fi
@@ -539,6 +563,7 @@ for rep in $(seq "$REPS"); do
     for i in $(seq 0 $((ng - 1))); do
       g=${gws[$(((i + rep - 1) % ng))]}
       [[ $cs == fallback-* && $g == nghttpx ]] && continue # no HTTP/1.1 fallback in nghttpx
+      [[ $cs == hit-* && $g == nghttpx ]] && continue      # no cache in nghttpx
       log "rep $rep/$REPS $cs $g"
       run_one "$rep" "$cs" "$g"
     done
