@@ -2,9 +2,9 @@
 //! long-lived, ALPN-negotiated HTTP/2 TLS connections per origin.
 //!
 //! ```text
-//! client ──h1/TLS──▶ server ──▶ proxy (route, headers) ──▶ upstream::OriginPool
-//!                                                           ├─ h2: streams over 1..N TLS conns
-//!                                                           └─ http/1.1: keep-alive pool
+//! client ──h1/h2, TLS/plain──▶ server ──▶ proxy (route, headers) ──▶ upstream::OriginPool
+//!                                                                     ├─ h2: streams over 1..N TLS conns
+//!                                                                     └─ http/1.1: keep-alive pool
 //! ```
 //!
 //! - [`config`]: figment layering and validation into a [`config::ValidConfig`].

@@ -668,32 +668,45 @@ async fn hostile_oversized_header_list() {
     assert_eq!(r.status, 431);
     assert!(!r.body.is_empty());
 
-    // 1 MiB of header value in HEADERS + CONTINUATION frames (16 KiB each, within the frame
-    // size): refused on the stream or the connection, never buffered whole.
+    // Past twice the limit (40 KiB here) in 3 frames: h2 refuses the stream without decoding
+    // further (its own 431 and RST_STREAM, RFC 9113 §8.2.1 / RFC 6585 §5); the connection stays.
     let mut raw = Raw::connect(addr, &s.pki).await;
+    assert!(raw.send(&header_block_frames(1, 40 * 1024)).await);
+    let refused = support::wait_until(CLOSE_WAIT, || {
+        raw.answered().contains(&1) || raw.resets().iter().any(|(id, _)| *id == 1)
+    })
+    .await;
+    assert!(refused, "stream 1 not refused");
+    assert!(raw.goaway().is_none() && !raw.is_closed());
+
+    // 1 MiB of header value in HEADERS + CONTINUATION frames (16 KiB each, within the frame
+    // size): more CONTINUATION frames than the header list size can need → GOAWAY
+    // (ENHANCE_YOUR_CALM) after a handful, never buffered whole.
+    let _ = raw.send(&header_block_frames(3, 1 << 20)).await;
+    assert!(wait_closed(&raw).await);
+    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+
+    legit.finish().await;
+    assert_eq!(origin_snapshot(&s.origin), before);
+    assert!(s.gw.shutdown().await);
+}
+
+/// `GET /` with an `x-huge` field of `value_len` bytes, as HEADERS + CONTINUATION frames of
+/// 16 KiB (the default SETTINGS_MAX_FRAME_SIZE).
+fn header_block_frames(stream: u32, value_len: usize) -> Vec<u8> {
     let mut block = get_block("/");
-    hpack_literal(&mut block, b"x-huge", &vec![b'h'; 1 << 20]);
+    hpack_literal(&mut block, b"x-huge", &vec![b'h'; value_len]);
     let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
-    let mut bytes = frame(HEADERS, END_STREAM, 1, chunks[0]);
+    let mut bytes = frame(HEADERS, END_STREAM, stream, chunks[0]);
     for (i, c) in chunks.iter().enumerate().skip(1) {
         let flags = if i + 1 == chunks.len() {
             END_HEADERS
         } else {
             0
         };
-        bytes.extend(frame(CONTINUATION, flags, 1, c));
+        bytes.extend(frame(CONTINUATION, flags, stream, c));
     }
-    let _ = raw.send(&bytes).await;
-    let refused = support::wait_until(CLOSE_WAIT, || {
-        raw.answered().contains(&1) || !raw.resets().is_empty() || raw.goaway().is_some()
-    })
-    .await;
-    assert!(refused, "no refusal: {:?}", raw.seen.lock().unwrap().len());
-    raw.close().await;
-
-    legit.finish().await;
-    assert_eq!(origin_snapshot(&s.origin), before);
-    assert!(s.gw.shutdown().await);
+    bytes
 }
 
 /// Rapid reset (CVE-2023-44487): thousands of HEADERS + RST_STREAM pairs → that client's
@@ -733,6 +746,61 @@ async fn hostile_rapid_reset() {
     let m = metrics(&s.gw);
     assert!(
         m.contains("muxgate_downstream_connections_closed_total{reason=\"h2_"),
+        "{m}"
+    );
+    assert!(s.gw.shutdown().await);
+}
+
+/// Rapid reset of streams the gateway already accepted (h2's pending-accept counter never sees
+/// them): the guard's RST_STREAM bucket (`h2_max_resets_per_sec`) ends the connection with
+/// GOAWAY(ENHANCE_YOUR_CALM); the cancelled upstream streams stay within the upstream reset
+/// budget, so the origin connection survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_reset_of_accepted_streams() {
+    let _g = support::serial().await;
+    let s =
+        setup("h2_max_resets_per_sec = 128\nh2_max_pending_accept_reset_streams = 100000").await;
+    let addr = s.gw.tls_addrs[0];
+    let legit = Legit::start(addr, &s.pki).await;
+    let before = origin_snapshot(&s.origin);
+
+    let mut raw = Raw::connect(addr, &s.pki).await;
+    let block = get_block("/delay/5");
+    let mut id = 1u32;
+    let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+    while !raw.is_closed() && id < 20_000 && tokio::time::Instant::now() < deadline {
+        // Separate writes with a pause: the gateway accepts the stream before its reset.
+        if !raw
+            .send(&frame(HEADERS, END_HEADERS | END_STREAM, id, &block))
+            .await
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if !raw
+            .send(&frame(RST_STREAM, 0, id, &8u32.to_be_bytes()))
+            .await
+        {
+            break;
+        }
+        id += 2;
+    }
+    assert!(
+        wait_closed(&raw).await,
+        "still open after {} streams",
+        id / 2
+    );
+    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+
+    legit.finish().await;
+    assert_eq!(origin_snapshot(&s.origin), before);
+    let m = metrics(&s.gw);
+    assert_eq!(
+        metric_value(
+            &m,
+            "muxgate_downstream_connections_closed_total{reason=\"h2_reset_flood\"}"
+        ),
+        Some(1.0),
         "{m}"
     );
     assert!(s.gw.shutdown().await);
