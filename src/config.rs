@@ -906,6 +906,50 @@ url = "https://127.0.0.1:8443"
     }
 
     #[test]
+    fn client_h2_keys_are_validated() {
+        let base = "listen=[\"127.0.0.1:0\"]\n[client]\n";
+        let ok = Config::from_toml(&format!(
+            "{base}h2c = true\nh2_max_concurrent_streams = 64\n"
+        ))
+        .and_then(Config::validate)
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.raw.client.h2c);
+        assert_eq!(ok.raw.client.h2_max_resets_per_sec, 256);
+        for (extra, key) in [
+            (
+                "h2_max_concurrent_streams = 0",
+                "client.h2_max_concurrent_streams",
+            ),
+            (
+                "h2_max_concurrent_streams = 500",
+                "client.h2_max_resets_per_sec",
+            ),
+            (
+                "h2_max_control_frames_per_sec = 1",
+                "client.h2_max_control_frames_per_sec",
+            ),
+            ("h2_stream_window = \"1KiB\"", "client.h2_stream_window"),
+            (
+                "h2_connection_window = \"4GiB\"",
+                "client.h2_connection_window",
+            ),
+            (
+                "h2_max_send_buf_size = \"1KiB\"",
+                "client.h2_max_send_buf_size",
+            ),
+            (
+                "h2_keepalive_timeout = \"0s\"",
+                "client.h2_keepalive_timeout",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{base}{extra}\n"))
+                .and_then(Config::validate)
+                .unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(ByteSize::parse("256MiB"), Ok(ByteSize(256 << 20)));
         assert_eq!(ByteSize::parse("1kb"), Ok(ByteSize(1000)));

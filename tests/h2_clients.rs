@@ -551,6 +551,40 @@ async fn authority_host_mismatch_is_400() {
     assert!(s.gw.shutdown().await);
 }
 
+/// RFC 9113 §8.3.1: without `:authority` the `Host` field routes the request; with neither the
+/// request is refused (400). Raw frames: the `h2` crate always sends `:authority`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_without_authority_routes() {
+    let s = setup("").await;
+    let mut raw = Raw::connect(s.gw.tls_addrs[0], &s.pki).await;
+    // :method GET, :scheme https, :path /, then `host: localhost` (static index 38).
+    let mut with_host = vec![0x82, 0x87, 0x84, 0x0f, 38 - 15, 9];
+    with_host.extend_from_slice(b"localhost");
+    let neither = vec![0x82, 0x87, 0x84];
+    let mut bytes = frame(HEADERS, END_HEADERS | END_STREAM, 1, &with_host);
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &neither));
+    assert!(raw.send(&bytes).await);
+    assert!(
+        support::wait_until(CLOSE_WAIT, || raw.answered().len() == 2).await,
+        "{:?}",
+        raw.resets()
+    );
+    // HPACK: the response starts with `:status`; 0x88 is the static entry `:status: 200`.
+    let first = |id: u32| {
+        raw.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|f| f.kind == HEADERS && f.stream == id)
+            .and_then(|f| f.payload.first().copied())
+    };
+    assert_eq!(first(1), Some(0x88));
+    assert_ne!(first(3), Some(0x88));
+    assert_eq!(s.origin.stats.get(|s| &s.requests), 1);
+    raw.close().await;
+    assert!(s.gw.shutdown().await);
+}
+
 /// A client's RST_STREAM cancels the upstream stream; graceful shutdown sends GOAWAY and lets
 /// a stream in flight finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
