@@ -624,6 +624,30 @@ async fn client_reset_cancels_upstream_and_shutdown_drains() {
     assert!(get(&h2, "/").await.is_err());
 }
 
+/// Keep-alive PING (`h2_keepalive_interval`/`h2_keepalive_timeout`): an idle client that answers
+/// is kept; one that never ACKs the PING is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_is_pinged_and_silent_one_closed() {
+    let s = setup("h2_keepalive_interval = \"300ms\"\nh2_keepalive_timeout = \"300ms\"").await;
+    let addr = s.gw.tls_addrs[0];
+    let h2 = h2_tls(addr, &s.pki).await;
+    assert_eq!(get(&h2, "/").await.unwrap().status, 200);
+    let raw = Raw::connect(addr, &s.pki).await;
+    assert!(wait_closed(&raw).await, "silent client not closed");
+    let pinged = raw
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|f| f.kind == PING && f.flags & 1 == 0);
+    assert!(pinged, "no keep-alive PING before the close");
+    // The answering client (the h2 crate ACKs PINGs) is still served after several intervals.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get(&h2, "/").await.unwrap().status, 200);
+    drop(h2);
+    assert!(s.gw.shutdown().await);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hostile clients
 // ---------------------------------------------------------------------------------------------
