@@ -235,3 +235,29 @@ write("fuzz_downstream_h1", "streamed-body-slow-origin",
       b"\x00POST /slow HTTP/1.1\r\nHost: c.test\r\nContent-Length: 3000\r\n\r\n" + b"x" * 3000)
 write("fuzz_downstream_h1", "keep-open-partial-body",
       b"\x01POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5000\r\n\r\nonly-this")
+
+# --- fuzz_h2_guard: control rate, reset rate, then segments [len, dt_ms, bytes…] ---------------
+
+
+def h2frame(kind, flags, sid, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", sid) + payload
+
+
+def segments(stream, size, dt):
+    out = b""
+    for i in range(0, len(stream), size):
+        c = stream[i:i + size]
+        out += bytes([len(c), dt]) + c
+    return out
+
+
+write("fuzz_h2_guard", "ping-flood",
+      bytes([9, 9]) + segments(b"".join(h2frame(6, 0, 0, b"\0" * 8) for _ in range(120)), 37, 0))
+write("fuzz_h2_guard", "rapid-reset",
+      bytes([63, 15]) + segments(b"".join(
+          h2frame(1, 5, 2 * i + 1, b"\x82\x87\x84") + h2frame(3, 0, 2 * i + 1, b"\0\0\0\x08")
+          for i in range(80)), 50, 3))
+write("fuzz_h2_guard", "legit-post",
+      bytes([0, 0]) + segments(
+          h2frame(4, 0, 0, b"") + h2frame(4, 1, 0, b"") + h2frame(1, 4, 1, b"\x83\x87\x84")
+          + h2frame(0, 0, 1, b"x" * 100) + h2frame(0, 1, 1, b""), 11, 200))

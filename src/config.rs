@@ -122,6 +122,57 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// The `[client]` HTTP/2 keys.
+fn validate_client_h2(c: &ClientLimits) -> Result<(), ConfigError> {
+    if c.h2_max_concurrent_streams == 0 {
+        return Err(err(
+            "client.h2_max_concurrent_streams",
+            "must be at least 1 (0 would refuse every request)",
+        ));
+    }
+    if c.h2_max_resets_per_sec < c.h2_max_concurrent_streams {
+        return Err(err(
+            "client.h2_max_resets_per_sec",
+            "must be at least client.h2_max_concurrent_streams, or a client cancelling all its \
+             streams at once would be cut off",
+        ));
+    }
+    if c.h2_max_control_frames_per_sec < 10 {
+        return Err(err(
+            "client.h2_max_control_frames_per_sec",
+            "must be at least 10: browsers send several SETTINGS/PING/PRIORITY frames at start",
+        ));
+    }
+    // RFC 9113 §6.9.1: a window may not exceed 2^31-1; below the 65,535 default an h2 peer
+    // would need a SETTINGS round trip before it may send anything useful.
+    for (key, v) in [
+        ("client.h2_stream_window", c.h2_stream_window.0),
+        ("client.h2_connection_window", c.h2_connection_window.0),
+    ] {
+        if !(65_535..=(1 << 31) - 1).contains(&v) {
+            return Err(err(key, "must be between 65535 bytes and 2GiB-1"));
+        }
+    }
+    if c.h2_max_send_buf_size.0 < 16 * 1024 || c.h2_max_send_buf_size.0 > 64 * 1024 * 1024 {
+        return Err(err(
+            "client.h2_max_send_buf_size",
+            "must be between 16KiB (one frame) and 64MiB",
+        ));
+    }
+    if !c.h2_keepalive_interval.0.is_zero() && c.h2_keepalive_timeout.0.is_zero() {
+        return Err(err(
+            "client.h2_keepalive_timeout",
+            "must be more than 0s while h2_keepalive_interval is on",
+        ));
+    }
+    // The header list limit is max_header_size (see server.rs); HPACK sizes count 32 bytes per
+    // field (RFC 9113 §6.5.2), so it must fit u32.
+    if c.max_header_size.0 > u64::from(u32::MAX / 4) {
+        return Err(err("client.max_header_size", "must be below 1GiB"));
+    }
+    Ok(())
+}
+
 fn secs(s: u64) -> HumanDuration {
     HumanDuration(Duration::from_secs(s))
 }
@@ -285,6 +336,41 @@ pub struct ClientLimits {
     pub max_body_size: ByteSize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default `"30s"`.
     pub drain_timeout: HumanDuration,
+    /// Plain listeners also accept HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3): a
+    /// connection starting with the HTTP/2 preface is served as HTTP/2. `Upgrade: h2c` is never
+    /// honoured. Default false.
+    pub h2c: bool,
+    /// HTTP/2 clients: SETTINGS_MAX_CONCURRENT_STREAMS; streams past it are refused with
+    /// RST_STREAM(REFUSED_STREAM). Default 128.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 clients: streams the client may reset before the gateway accepted them (rapid
+    /// reset, CVE-2023-44487); past it GOAWAY(ENHANCE_YOUR_CALM). Default 20.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 clients: streams the client may make the gateway reset with a stream error
+    /// ("MadeYouReset", CVE-2025-8671); past it GOAWAY(ENHANCE_YOUR_CALM). Default 1024.
+    pub h2_max_local_error_reset_streams: usize,
+    /// HTTP/2 clients: RST_STREAM frames a client may send per second (token bucket, burst the
+    /// same); past it GOAWAY(ENHANCE_YOUR_CALM). Catches rapid reset of streams the gateway had
+    /// already accepted. At least `h2_max_concurrent_streams`, so a client can cancel every
+    /// stream at once. Default 256.
+    pub h2_max_resets_per_sec: u32,
+    /// HTTP/2 clients: PING, SETTINGS, PRIORITY and empty non-final DATA frames a client may send
+    /// per second (token bucket, burst the same); past it GOAWAY(ENHANCE_YOUR_CALM)
+    /// (CVE-2019-9512/9515/9516/9518 floods). Default 100.
+    pub h2_max_control_frames_per_sec: u32,
+    /// HTTP/2 clients: send a PING after this long without frames from the client, and close
+    /// the connection if the PING is not answered within `h2_keepalive_timeout`. `"0s"` = off.
+    /// Default `"60s"`.
+    pub h2_keepalive_interval: HumanDuration,
+    /// HTTP/2 clients: how long a keep-alive PING may go unanswered. Default `"20s"`.
+    pub h2_keepalive_timeout: HumanDuration,
+    /// HTTP/2 clients: initial stream receive window (request bodies). Default `"256KiB"`.
+    pub h2_stream_window: ByteSize,
+    /// HTTP/2 clients: initial connection receive window. Default `"1MiB"`.
+    pub h2_connection_window: ByteSize,
+    /// HTTP/2 clients: bytes buffered per stream for sending (responses) before backpressure
+    /// reaches the origin. Default `"400KiB"` (hyper's default).
+    pub h2_max_send_buf_size: ByteSize,
 }
 
 impl Default for ClientLimits {
@@ -297,6 +383,17 @@ impl Default for ClientLimits {
             max_headers: 100,
             max_body_size: ByteSize(0),
             drain_timeout: secs(30),
+            h2c: false,
+            h2_max_concurrent_streams: 128,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 1024,
+            h2_max_resets_per_sec: 256,
+            h2_max_control_frames_per_sec: 100,
+            h2_keepalive_interval: secs(60),
+            h2_keepalive_timeout: secs(20),
+            h2_stream_window: ByteSize(256 * 1024),
+            h2_connection_window: ByteSize(1024 * 1024),
+            h2_max_send_buf_size: ByteSize(400 * 1024),
         }
     }
 }
@@ -545,6 +642,7 @@ impl Config {
         if c.max_headers == 0 {
             return Err(err("client.max_headers", "must be at least 1"));
         }
+        validate_client_h2(c)?;
         crate::cache::key::validate_template(&self.cache.key).map_err(|r| err("cache.key", r))?;
         crate::cache::policy_config(&self.cache)?;
         if self.cache.max_object_size.0 > self.cache.max_size.0 {
@@ -870,6 +968,50 @@ url = "https://127.0.0.1:8443"
         assert_eq!(e.key, "dns.hosts_file", "{e}");
         let e = Config::from_toml("[dns]\nbogus = 1\n").unwrap_err();
         assert!(e.key.contains("dns"), "{e}");
+    }
+
+    #[test]
+    fn client_h2_keys_are_validated() {
+        let base = "listen=[\"127.0.0.1:0\"]\n[client]\n";
+        let ok = Config::from_toml(&format!(
+            "{base}h2c = true\nh2_max_concurrent_streams = 64\n"
+        ))
+        .and_then(Config::validate)
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.raw.client.h2c);
+        assert_eq!(ok.raw.client.h2_max_resets_per_sec, 256);
+        for (extra, key) in [
+            (
+                "h2_max_concurrent_streams = 0",
+                "client.h2_max_concurrent_streams",
+            ),
+            (
+                "h2_max_concurrent_streams = 500",
+                "client.h2_max_resets_per_sec",
+            ),
+            (
+                "h2_max_control_frames_per_sec = 1",
+                "client.h2_max_control_frames_per_sec",
+            ),
+            ("h2_stream_window = \"1KiB\"", "client.h2_stream_window"),
+            (
+                "h2_connection_window = \"4GiB\"",
+                "client.h2_connection_window",
+            ),
+            (
+                "h2_max_send_buf_size = \"1KiB\"",
+                "client.h2_max_send_buf_size",
+            ),
+            (
+                "h2_keepalive_timeout = \"0s\"",
+                "client.h2_keepalive_timeout",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{base}{extra}\n"))
+                .and_then(Config::validate)
+                .unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
     }
 
     #[test]

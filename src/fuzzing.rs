@@ -260,6 +260,65 @@ fn check_one_line(e: &ConfigError) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// fuzz_h2_guard
+// ---------------------------------------------------------------------------------------------
+
+/// `fuzz_h2_guard`: byte 0 and 1 set the control-frame and reset rates (1..=64 per second); the
+/// rest is segments `[len, dt_ms, len bytes…]` of what an HTTP/2 client sends after the preface,
+/// each arriving `dt_ms` after the previous one. Feeds them to [`crate::h2guard::FrameMeter`] as
+/// segments and again byte by byte (same arrival times) and checks: both agree (passed bytes,
+/// verdict, last stream id) — how TCP splits the stream never changes the outcome; a meter
+/// passes at most what it is given, passes nothing once done, and stops early only when done;
+/// an untripped meter passes everything; the GOAWAY it writes is one well-formed frame.
+pub fn h2_guard(data: &[u8]) {
+    use crate::h2guard::{FrameMeter, PREFACE};
+    let b = |i: usize| data.get(i).copied().unwrap_or(0);
+    let (control, resets) = (1 + u32::from(b(0) % 64), 1 + u32::from(b(1) % 64));
+    let t0 = tokio::time::Instant::now();
+    let mut segments: Vec<(tokio::time::Instant, &[u8])> = vec![(t0, PREFACE)];
+    let (mut i, mut t) = (2, t0);
+    while i + 2 <= data.len() {
+        let len = usize::from(data[i]);
+        t += Duration::from_millis(u64::from(data[i + 1]));
+        let end = (i + 2 + len).min(data.len());
+        segments.push((t, &data[i + 2..end]));
+        i = end;
+    }
+    let run = |bytewise: bool| {
+        let mut m = FrameMeter::new(control, resets, t0);
+        let (mut fed, mut passed) = (0usize, 0usize);
+        for (now, seg) in &segments {
+            let pieces: Vec<&[u8]> = if bytewise {
+                seg.chunks(1).collect()
+            } else {
+                vec![*seg]
+            };
+            for piece in pieces {
+                let was_done = m.done();
+                let n = m.feed(piece, *now);
+                assert!(n <= piece.len());
+                assert!(!was_done || n == 0, "passed bytes after done");
+                assert!(
+                    n == piece.len() || m.done(),
+                    "stopped early without a verdict"
+                );
+                fed += piece.len();
+                passed += n;
+            }
+        }
+        if m.tripped().is_none() {
+            assert_eq!(passed, fed);
+        }
+        let g = m.goaway();
+        let len = u32::from_be_bytes([0, g[0], g[1], g[2]]) as usize;
+        assert_eq!(len + 9, g.len());
+        assert_eq!(g[3], 0x7);
+        (passed, m.tripped(), m.max_stream(), m.done())
+    };
+    assert_eq!(run(false), run(true));
+}
+
+// ---------------------------------------------------------------------------------------------
 // fuzz_cache_policy
 // ---------------------------------------------------------------------------------------------
 

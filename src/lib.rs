@@ -2,13 +2,14 @@
 //! long-lived, ALPN-negotiated HTTP/2 TLS connections per origin.
 //!
 //! ```text
-//! client ──h1/TLS──▶ server ──▶ proxy (route, headers) ──▶ upstream::OriginPool
-//!                                                           ├─ h2: streams over 1..N TLS conns
-//!                                                           └─ http/1.1: keep-alive pool
+//! client ──h1/h2, TLS/plain──▶ server ──▶ proxy (route, headers) ──▶ upstream::OriginPool
+//!                                                                     ├─ h2: streams over 1..N TLS conns
+//!                                                                     └─ http/1.1: keep-alive pool
 //! ```
 //!
 //! - [`config`]: figment layering and validation into a [`config::ValidConfig`].
-//! - [`server`]: client listeners, TLS termination, limits, graceful shutdown.
+//! - [`server`]: client listeners, TLS termination, limits, graceful shutdown; HTTP/1.1 and
+//!   HTTP/2 clients ([`h2guard`]: h2c preface detection, flood limits).
 //! - [`route`]: host → origin.
 //! - [`proxy`]: request/response translation, upgrades (WebSocket: RFC 8441 or a dedicated
 //!   HTTP/1.1 connection), access log.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fuzzing;
+pub mod h2guard;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
@@ -114,7 +116,9 @@ impl Gateway {
         let mut certs = Vec::new();
         for t in &cfg.listen_tls {
             let cert = ReloadableCert::load(&t.cert, &t.key)?;
-            let sc = tls::server_config(cert.clone(), &[b"http/1.1"])?;
+            // RFC 9113 §3.2: "h2" for HTTP/2 over TLS, preferred; clients without ALPN or
+            // offering only http/1.1 get HTTP/1.1.
+            let sc = tls::server_config(cert.clone(), &[b"h2", b"http/1.1"])?;
             certs.push(cert);
             let l = bind(t.addr, cfg.raw.reuse_port).await?;
             tls_addrs.push(l.local_addr().map_err(|e| e.to_string())?);

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub downstream_connections_open: Gauge,
     /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
     pub downstream_refused_total: Family<Labels, Counter>,
+    /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/2 client
+    /// connections the gateway closed with a GOAWAY error, e.g. `h2_control_flood`,
+    /// `h2_reset_flood`, `h2_enhance_your_calm`, `h2_protocol_error`)
+    pub downstream_closed_total: Family<Labels, Counter>,
     /// `muxgate_upstream_connections_total{origin,protocol}`
     pub upstream_connections_total: Family<Labels, Counter>,
     /// `muxgate_upstream_connections_open{origin,protocol}`
@@ -70,6 +74,7 @@ impl Metrics {
             downstream_connections_total: Family::default(),
             downstream_connections_open: Gauge::default(),
             downstream_refused_total: Family::default(),
+            downstream_closed_total: Family::default(),
             upstream_connections_total: Family::default(),
             upstream_connections_open: Family::default(),
             upstream_tls_handshakes_total: Family::default(),
@@ -101,6 +106,11 @@ impl Metrics {
             "downstream_connections_refused",
             "Client connections closed at accept (limit) or TLS failure",
             m.downstream_refused_total.clone(),
+        );
+        registry.register(
+            "downstream_connections_closed",
+            "HTTP/2 client connections closed by the gateway with a GOAWAY error",
+            m.downstream_closed_total.clone(),
         );
         registry.register(
             "upstream_connections",

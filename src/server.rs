@@ -1,6 +1,9 @@
 //! Client-facing listeners: accept (with the `client.max_connections` cap), TLS termination
 //! (with a handshake timeout), HTTP/1.1 via hyper (keep-alive, pipelining, header limits and the
-//! header read timeout), graceful shutdown. Requests go to [`Proxy::handle`].
+//! header read timeout), HTTP/2 via hyper when TLS ALPN chose `h2` or a plain connection opens
+//! with the HTTP/2 preface and `client.h2c` is on (stream, header-list, reset and flood limits;
+//! see [`crate::h2guard`]), graceful shutdown (HTTP/2: GOAWAY, in-flight streams finish).
+//! Requests go to [`Proxy::handle`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -18,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::ClientLimits;
+use crate::h2guard::{self, Guarded, Prefixed};
 use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, ConnHold, Proxy};
 
@@ -94,15 +98,36 @@ async fn serve_conn(
     ctx: &Arc<ServerCtx>,
 ) {
     let _ = stream.set_nodelay(true);
+    let plain = ClientInfo { peer, tls: false };
     match tls {
+        None if ctx.live.limits.load().h2c => {
+            // RFC 9113 §3.3: prior knowledge. The sniffed bytes are replayed to either server.
+            let mut stream = stream;
+            let wait = ctx.live.limits.load().header_timeout.0;
+            match h2guard::sniff_preface(&mut stream, wait).await {
+                Ok((true, seen)) => {
+                    count(ctx, "h2c");
+                    serve_http2(Prefixed::new(seen, stream), plain, ctx).await
+                }
+                Ok((false, seen)) => {
+                    count(ctx, "http/1.1");
+                    serve_http1(Prefixed::new(seen, stream), plain, ctx).await
+                }
+                Err(e) => tracing::debug!(error = %e, "client sent no request"),
+            }
+        }
         None => {
             count(ctx, "http/1.1");
-            serve_http1(stream, ClientInfo { peer, tls: false }, ctx).await
+            serve_http1(stream, plain, ctx).await
         }
         Some(acceptor) => {
             let timeout = ctx.live.limits.load().tls_handshake_timeout.0;
             let hs = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
             match hs {
+                Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    count(ctx, "h2");
+                    serve_http2(s, ClientInfo { peer, tls: true }, ctx).await
+                }
                 Ok(Ok(s)) => {
                     count(ctx, "http/1.1+tls");
                     serve_http1(s, ClientInfo { peer, tls: true }, ctx).await
@@ -195,6 +220,114 @@ where
 /// answers; past 100 hyper does, with an empty-bodied 431.
 pub fn hyper_max_headers(limits: &ClientLimits) -> Option<usize> {
     (limits.max_headers > 100).then(|| limits.max_headers * 2)
+}
+
+/// How long a client connection may take to end once it crossed a flood limit (its GOAWAY is
+/// written; a client that stops reading must not hold the task).
+const FLOOD_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Serves one HTTP/2 client connection (after the TLS handshake, or after the h2c preface was
+/// sniffed; `io` still starts with the preface).
+async fn serve_http2<S>(io: S, client: ClientInfo, ctx: &Arc<ServerCtx>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let live = ctx.live.clone();
+    let limits = live.limits.load_full();
+    let (io, alarm) = Guarded::new(
+        io,
+        limits.h2_max_control_frames_per_sec,
+        limits.h2_max_resets_per_sec,
+    );
+    let svc = service_fn(move |req| {
+        let proxy = live.proxy.load_full();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
+    });
+    let conn = h2_builder(&limits).serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut shutdown = ctx.shutdown.clone();
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => {
+            // RFC 9113 §6.8: GOAWAY (hyper sends last-stream-id 2^31-1, a PING, then the real
+            // last stream id), streams in flight finish, then the connection closes.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = alarm.wait() => {
+            // Flood: the guard ends the client's stream; h2 fails its streams and flushes, and
+            // the guard adds GOAWAY(ENHANCE_YOUR_CALM). Bounded: a client that does not read
+            // loses the connection at the deadline anyway.
+            match tokio::time::timeout(FLOOD_CLOSE_WAIT, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    let flood = alarm.flood();
+    if let Some(f) = flood {
+        closed(ctx, f.as_str());
+        tracing::info!(
+            reason = f.as_str(),
+            "HTTP/2 client closed: GOAWAY(ENHANCE_YOUR_CALM)"
+        );
+    } else if let Err(e) = &r {
+        if let Some(reason) = local_goaway(e) {
+            closed(
+                ctx,
+                &format!("h2_{}", format!("{reason:?}").to_ascii_lowercase()),
+            );
+        }
+    }
+    log_conn_end(r);
+}
+
+/// hyper's HTTP/2 server with the `[client]` limits.
+fn h2_builder(limits: &ClientLimits) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        // RFC 9113 §5.1.2: streams past the advertised limit get RST_STREAM(REFUSED_STREAM).
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // RFC 9113 §6.5.2 SETTINGS_MAX_HEADER_LIST_SIZE: the same budget as an HTTP/1.1 head.
+        // Twice the configured size, as for HTTP/1.1: between 1x and 2x the proxy answers 431
+        // with a body; past 2x h2 refuses the stream (431 / RST_STREAM) without decoding it,
+        // and a list far past it (or too many CONTINUATION frames) gets
+        // GOAWAY(ENHANCE_YOUR_CALM).
+        .max_header_list_size(u32::try_from(limits.max_header_size.0 * 2).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .initial_stream_window_size(u32::try_from(limits.h2_stream_window.0).unwrap_or(u32::MAX))
+        .initial_connection_window_size(
+            u32::try_from(limits.h2_connection_window.0).unwrap_or(u32::MAX),
+        )
+        .max_send_buf_size(usize::try_from(limits.h2_max_send_buf_size.0).unwrap_or(usize::MAX));
+    if !limits.h2_keepalive_interval.0.is_zero() {
+        b.keep_alive_interval(limits.h2_keepalive_interval.0)
+            .keep_alive_timeout(limits.h2_keepalive_timeout.0);
+    }
+    b
+}
+
+/// The reason of a GOAWAY the gateway's h2 sent because of the client's behaviour.
+fn local_goaway(e: &hyper::Error) -> Option<h2::Reason> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            return (h.is_go_away() && !h.is_remote())
+                .then(|| h.reason())
+                .flatten()
+                .filter(|r| *r != h2::Reason::NO_ERROR);
+        }
+        src = s.source();
+    }
+    None
+}
+
+fn closed(ctx: &ServerCtx, reason: &str) {
+    ctx.metrics
+        .downstream_closed_total
+        .get_or_create(&vec![("reason", reason.into())])
+        .inc();
 }
 
 fn log_conn_end(r: Result<(), hyper::Error>) {

@@ -94,6 +94,11 @@ fn config_inputs() {
 }
 
 #[test]
+fn h2_guard_inputs() {
+    replay("fuzz_h2_guard", fuzzing::h2_guard);
+}
+
+#[test]
 fn cache_policy_inputs() {
     replay("fuzz_cache_policy", fuzzing::cache_policy);
 }

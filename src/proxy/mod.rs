@@ -180,6 +180,7 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
+        let version = req.version();
         let mut log = AccessLog {
             client: client.peer,
             method: req.method().clone(),
@@ -224,7 +225,20 @@ impl Proxy {
             m.request(log.status);
             m.duration.observe(start.elapsed().as_secs_f64());
         }
-        *resp.version_mut() = Version::HTTP_11;
+        if version == Version::HTTP_2 {
+            // RFC 9113 §8.2.2: no connection-specific fields in an HTTP/2 response (the
+            // `Connection: close` of an error response included).
+            headers::strip_hop_by_hop(resp.headers_mut(), false);
+            *resp.version_mut() = Version::HTTP_2;
+            if log.method == Method::HEAD {
+                // RFC 9110 §9.3.2: a HEAD response has no content. hyper's HTTP/1.1 server
+                // drops a body an origin sends anyway; its HTTP/2 server would forward it
+                // (or the stream error it causes upstream), so end the stream with the head.
+                resp = resp.map(|_| empty_body());
+            }
+        } else {
+            *resp.version_mut() = Version::HTTP_11;
+        }
         resp.map(|b| Observed::new(b, LogOnEnd(Some(log))).boxed_unsync())
     }
 
@@ -408,12 +422,27 @@ fn check_head(parts: &http::request::Parts, limits: HeadLimits) -> Result<(), Er
     Ok(())
 }
 
-/// The request's host: the absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2).
+/// The request's host: the absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2);
+/// in HTTP/2, `:authority` and `Host` must agree when both are present (RFC 9113 §8.3.1).
 fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
     if let Some(a) = parts.uri.authority() {
         // RFC 9110 §4.2.4: userinfo is not allowed in an http(s) target; never forward it.
         if a.as_str().contains('@') {
             return Err(Error::BadRequest("userinfo in request target"));
+        }
+        if parts.version == Version::HTTP_2 {
+            // RFC 9113 §8.3.1: "If both the ':authority' pseudo-header field and the Host header
+            // field are present, ... the values [MUST] be identical" — a proxy must not let
+            // the two name different hosts (the router and the origin could disagree).
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            if let Some(h) = hosts.next() {
+                if hosts.next().is_some() {
+                    return Err(Error::BadRequest("more than one Host header"));
+                }
+                if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+                    return Err(Error::BadRequest(":authority and Host differ"));
+                }
+            }
         }
         return Ok(a.clone());
     }
@@ -495,6 +524,12 @@ fn same_host_key(key: &str, v: &HeaderValue) -> Option<String> {
     let scheme_end = key.find("://").map_or(0, |i| i + 3);
     let path_start = key[scheme_end..].find('/').map(|i| i + scheme_end)?;
     Some(format!("{}{}", &key[..path_start], pq))
+}
+
+fn empty_body() -> RespBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// The one place an [`Error`] becomes a client response.
