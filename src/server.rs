@@ -98,39 +98,42 @@ async fn serve_conn(
     ctx: &Arc<ServerCtx>,
 ) {
     let _ = stream.set_nodelay(true);
+    // Each protocol's future is boxed: the connection task is then as large as the branch it
+    // takes, not the largest of them (the TLS handshake state alone is ~1 KiB), which is what an
+    // idle keep-alive connection costs (bench/idle_conns.sh).
     let plain = ClientInfo { peer, tls: false };
     match tls {
         None if ctx.live.limits.load().h2c => {
             // RFC 9113 §3.3: prior knowledge. The sniffed bytes are replayed to either server.
             let mut stream = stream;
             let wait = ctx.live.limits.load().header_timeout.0;
-            match h2guard::sniff_preface(&mut stream, wait).await {
+            match Box::pin(h2guard::sniff_preface(&mut stream, wait)).await {
                 Ok((true, seen)) => {
                     count(ctx, "h2c");
-                    serve_http2(Prefixed::new(seen, stream), plain, ctx).await
+                    Box::pin(serve_http2(Prefixed::new(seen, stream), plain, ctx)).await
                 }
                 Ok((false, seen)) => {
                     count(ctx, "http/1.1");
-                    serve_http1(Prefixed::new(seen, stream), plain, ctx).await
+                    Box::pin(serve_http1(Prefixed::new(seen, stream), plain, ctx)).await
                 }
                 Err(e) => tracing::debug!(error = %e, "client sent no request"),
             }
         }
         None => {
             count(ctx, "http/1.1");
-            serve_http1(stream, plain, ctx).await
+            Box::pin(serve_http1(stream, plain, ctx)).await
         }
         Some(acceptor) => {
             let timeout = ctx.live.limits.load().tls_handshake_timeout.0;
-            let hs = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+            let hs = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream))).await;
             match hs {
                 Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
                     count(ctx, "h2");
-                    serve_http2(s, ClientInfo { peer, tls: true }, ctx).await
+                    Box::pin(serve_http2(s, ClientInfo { peer, tls: true }, ctx)).await
                 }
                 Ok(Ok(s)) => {
                     count(ctx, "http/1.1+tls");
-                    serve_http1(s, ClientInfo { peer, tls: true }, ctx).await
+                    Box::pin(serve_http1(s, ClientInfo { peer, tls: true }, ctx)).await
                 }
                 Ok(Err(e)) => {
                     refused(ctx, "tls");
@@ -167,7 +170,8 @@ where
     let limits = live.limits.load_full();
     // Every request carries a `ConnHold`; an upgrade tunnel keeps one after hyper has handed
     // the connection over, and this task waits for it (see the end of this function).
-    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (hold_tx, hold_rx) = tokio::sync::oneshot::channel::<()>();
+    let hold_tx = Arc::new(hold_tx);
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let proxy = live.proxy.load_full();
         req.extensions_mut().insert(ConnHold(hold_tx.clone()));
@@ -209,7 +213,7 @@ where
     // Drops the service and its `ConnHold`; what remains is held by an upgrade tunnel, if
     // any: the connection stays counted until the tunnel ends (shutdown closes tunnels).
     drop(conn);
-    let _ = hold_rx.recv().await;
+    let _ = hold_rx.await;
 }
 
 /// The header-count limit given to hyper: its own default (100) unless `client.max_headers`

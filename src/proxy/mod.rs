@@ -50,7 +50,7 @@ pub struct ClientInfo {
 /// `downstream_connections_open` gauge, graceful shutdown). An upgrade tunnel holds one for its
 /// life, because hyper hands the connection over and finishes its own task at the 101.
 #[derive(Clone)]
-pub struct ConnHold(pub tokio::sync::mpsc::Sender<()>);
+pub struct ConnHold(pub Arc<tokio::sync::oneshot::Sender<()>>);
 
 /// Configured limits on the request head, checked here so the client gets a 414/431 with a
 /// body (hyper's own parser limit is set at twice these and answers with an empty 431).
