@@ -292,7 +292,14 @@ fn make_service(
                 return Ok(r);
             }
             let n = stats.requests.load(Ordering::SeqCst);
-            Ok::<_, Infallible>(respond(req, &cfg, n).await)
+            // RFC 9110 §9.3.2: no content in a response to HEAD. hyper's HTTP/1.1 server drops
+            // it by itself; its HTTP/2 server would send it (and the gateway resets the stream).
+            let head = req.method() == http::Method::HEAD;
+            let mut resp = respond(req, &cfg, n).await;
+            if head {
+                *resp.body_mut() = full(Bytes::new());
+            }
+            Ok::<_, Infallible>(resp)
         }
     })
 }
