@@ -14,37 +14,15 @@ n=${1:-20000}
 c=${2:-50}
 path=${3:-/bytes/1024}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
-cargo build --release --quiet
-bin=$PWD/target/release/muxgate
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-
-"$bin" origin --dir "$dir" >"$dir/origin.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
-origin=$(awk '/listening/ {print $2}' "$dir/origin.out")
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$dir/gw.toml" <<TOML
-listen = ["127.0.0.1:$port"]
-[admin]
-listen = ""
-[[origins]]
-name = "app"
-hosts = ["*"]
-url = "https://localhost:${origin##*:}"
-tls_ca = "$dir/ca.pem"
-TOML
+source bench/lib.sh
+port=$(free_port)
+gateway_config "$port"
 
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
     "$bin" run -c "$dir/gw.toml" 2>"$dir/gw.err" &
 gw=$!
 pids+=($gw)
-for _ in $(seq 600); do
-    "$bin" load --target "127.0.0.1:$port" --path "$path" --connections 1 --requests 1 >/dev/null 2>&1 && break
-    sleep 0.2
-done
+wait_gateway "$port" "$path"
 "$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests 2000 >/dev/null
 callgrind_control --zero "$gw" >/dev/null 2>&1
 out=$("$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests "$n")
@@ -57,5 +35,5 @@ echo "# callgrind: $n requests of $path over $c keep-alive connections ($(git re
 echo "load: $out"
 echo "gateway instructions: $ir total, $((ir / n)) per request"
 echo
-echo "top functions (inclusive of nothing; self cost):"
-callgrind_annotate --threshold=80 "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ ' | head -25
+echo "top functions by self cost (dump kept in /tmp/callgrind-last.out):"
+python3 bench/callgrind_top.py "$dump" 25

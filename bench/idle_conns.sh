@@ -12,19 +12,8 @@ cd "$(dirname "$0")/.."
 n=${1:-10000}
 ulimit -n "$(ulimit -Hn)"  # the gateways and the client each need N descriptors
 command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; systemctl stop haproxy 2>/dev/null || true; }
-cargo build --release --quiet
-bin=$PWD/target/release/muxgate
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp -r "$dir" /tmp/idle-last; rm -rf "$dir"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-
-"$bin" origin --dir "$dir" >"$dir/origin.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
-oport=$(awk '/listening/ {print $2}' "$dir/origin.out"); oport=${oport##*:}
 
 cat >"$dir/client.py" <<'PY'
 import asyncio, sys
@@ -67,19 +56,9 @@ measure() {  # name pid port [n]
 }
 
 mport=$(free_port)
-cat >"$dir/gw.toml" <<TOML
-listen = ["127.0.0.1:$mport"]
-[admin]
-listen = ""
-[client]
+gateway_config "$mport" "[client]
 max_connections = $((n + 1000))
-header_timeout = "1h"
-[[origins]]
-name = "app"
-hosts = ["*"]
-url = "https://localhost:$oport"
-tls_ca = "$dir/ca.pem"
-TOML
+header_timeout = \"1h\""
 RUST_LOG=warn "$bin" run -c "$dir/gw.toml" 2>"$dir/gw.err" &
 mpid=$!; pids+=($mpid)
 

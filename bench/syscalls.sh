@@ -12,34 +12,13 @@ cd "$(dirname "$0")/.."
 n=${1:-100000}
 c=${2:-200}
 path=${3:-/bytes/1024}
-cargo build --release --quiet
-bin=$PWD/target/release/muxgate
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-"$bin" origin --dir "$dir" >"$dir/origin.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
-origin=$(awk '/listening/ {print $2}' "$dir/origin.out")
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$dir/gw.toml" <<TOML
-listen = ["127.0.0.1:$port"]
-[admin]
-listen = ""
-[[origins]]
-name = "app"
-hosts = ["*"]
-url = "https://localhost:${origin##*:}"
-tls_ca = "$dir/ca.pem"
-TOML
+source bench/lib.sh
+port=$(free_port)
+gateway_config "$port"
 RUST_LOG=warn "$bin" run -c "$dir/gw.toml" 2>"$dir/gw.err" &
 gw=$!
 pids+=($gw)
-for _ in $(seq 100); do
-    "$bin" load --target "127.0.0.1:$port" --path "$path" --connections 1 --requests 1 >/dev/null 2>&1 && break
-    sleep 0.1
-done
+wait_gateway "$port" "$path"
 "$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests 5000 >/dev/null
 command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
 cpu() { awk '{print $14 + $15}' /proc/$gw/stat; }
