@@ -3,7 +3,7 @@
 //! accepting, finishes what it has in flight and exits 0, while clients keep being served.
 //!
 //! The clients behave like real HTTP clients (RFC 9112 §9.3.1): a GET whose connection closes
-//! before any response byte arrives is retried once on a new connection. That covers the one
+//! before any response byte arrives is retried (up to twice) on a new connection. That covers the one
 //! window the kernel leaves open — a connection already queued on the old process's listener
 //! when it closes is reset (Linux ≥ 5.14 can migrate those instead with
 //! `net.ipv4.tcp_migrate_req = 1`), and a keep-alive connection closed by the old process just
@@ -80,8 +80,8 @@ fn spawn_clients(
                 let mut conn: Option<Sender> = None;
                 while !stop.load(Ordering::Relaxed) {
                     let mut outcome = Err(true);
-                    for attempt in 0..2 {
-                        if attempt == 1 {
+                    for attempt in 0..3 {
+                        if attempt > 0 {
                             tally.retried.fetch_add(1, Ordering::Relaxed);
                         }
                         let tx = match conn.as_mut() {
