@@ -642,6 +642,21 @@ impl Config {
         if c.max_headers == 0 {
             return Err(err("client.max_headers", "must be at least 1"));
         }
+        // 0 would make h2 answer a client's first such reset with GOAWAY.
+        for (key, v) in [
+            (
+                "client.h2_max_pending_accept_reset_streams",
+                c.h2_max_pending_accept_reset_streams,
+            ),
+            (
+                "client.h2_max_local_error_reset_streams",
+                c.h2_max_local_error_reset_streams,
+            ),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be at least 1"));
+            }
+        }
         validate_client_h2(c)?;
         crate::cache::key::validate_template(&self.cache.key).map_err(|r| err("cache.key", r))?;
         crate::cache::policy_config(&self.cache)?;
@@ -760,6 +775,10 @@ fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
     }
     if o.h1_max_connections == 0 {
         return Err(err(format!("{k}.h1_max_connections"), "must be at least 1"));
+    }
+    if o.max_upgraded == 0 {
+        // 0 would answer every Upgrade with 503; `max_upgraded` is a limit, not a switch.
+        return Err(err(format!("{k}.max_upgraded"), "must be at least 1"));
     }
     for (key, d) in [
         ("connect_timeout", o.connect_timeout),
@@ -966,6 +985,11 @@ url = "https://127.0.0.1:8443"
         .validate()
         .unwrap_err();
         assert_eq!(e.key, "dns.hosts_file", "{e}");
+        let e = Config::from_toml(&format!("{base}max_upgraded = 0\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "origins.0.max_upgraded", "{e}");
         let e = Config::from_toml("[dns]\nbogus = 1\n").unwrap_err();
         assert!(e.key.contains("dns"), "{e}");
     }
@@ -992,6 +1016,14 @@ url = "https://127.0.0.1:8443"
             (
                 "h2_max_control_frames_per_sec = 1",
                 "client.h2_max_control_frames_per_sec",
+            ),
+            (
+                "h2_max_pending_accept_reset_streams = 0",
+                "client.h2_max_pending_accept_reset_streams",
+            ),
+            (
+                "h2_max_local_error_reset_streams = 0",
+                "client.h2_max_local_error_reset_streams",
             ),
             ("h2_stream_window = \"1KiB\"", "client.h2_stream_window"),
             (

@@ -174,7 +174,11 @@ where
     let hold_tx = Arc::new(hold_tx);
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let proxy = live.proxy.load_full();
-        req.extensions_mut().insert(ConnHold(hold_tx.clone()));
+        // Only a request that may upgrade needs the hold (`proxy::upgrade` ignores the rest):
+        // inserting it into every request cost an allocation on the hot path.
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(ConnHold(hold_tx.clone()));
+        }
         // Boxed: hyper keeps one allocation the size of this future for the connection's whole
         // life, idle or not; unboxed, the proxy's request future made every idle keep-alive
         // connection several KiB larger (bench/idle_conns.sh).
