@@ -24,11 +24,37 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys and reasons can echo the operator's (or an attacker's) bytes; control characters
+        // are escaped so the error stays one log line.
         if self.key.is_empty() {
-            write!(f, "config error: {}", self.reason)
+            write!(f, "config error: {}", OneLine(&self.reason))
         } else {
-            write!(f, "config error: key `{}`: {}", self.key, self.reason)
+            write!(
+                f,
+                "config error: key `{}`: {}",
+                OneLine(&self.key),
+                OneLine(&self.reason)
+            )
         }
+    }
+}
+
+/// Displays a string with control characters escaped (`\r`, `\n`, `\u{1b}`).
+struct OneLine<'a>(&'a str);
+
+impl std::fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() {
+                for e in c.escape_default() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -941,6 +967,14 @@ url = "https://127.0.0.1:8443"
         let e = Config::from_toml("[admin]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(e.key.contains("admin"), "{e}");
+    }
+
+    #[test]
+    fn control_characters_in_an_unknown_key_stay_on_one_line() {
+        let e = Config::from_toml("\"\\rigins\\n]\" = 1\n").unwrap_err();
+        let s = e.to_string();
+        assert!(!s.contains(['\n', '\r']), "{s:?}");
+        assert!(s.contains("\\rigins\\n]"), "{s:?}");
     }
 
     #[test]
