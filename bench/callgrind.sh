@@ -7,6 +7,7 @@
 # Counters are zeroed after a warm-up, so dialling and TLS setup are not in the figure.
 #
 # Usage: bench/callgrind.sh [REQUESTS] [CONNECTIONS] [PATH]    (default 20000 50 /bytes/1024)
+#   GATEWAY_EXTRA=$'[cache]\nenabled = true' bench/callgrind.sh 20000 50 /cached/1024   cache hits
 # Needs valgrind (apt-get install valgrind). Loopback only; stops everything it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ path=${3:-/bytes/1024}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 source bench/lib.sh
 port=$(free_port)
-gateway_config "$port"
+gateway_config "$port" "${GATEWAY_EXTRA:-}"
 
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
     "$bin" run -c "$dir/gw.toml" 2>"$dir/gw.err" &

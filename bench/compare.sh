@@ -122,13 +122,13 @@ def table():
             continue
         f = s[s.rindex(")") + 2:].split()
         # fields after comm: state ppid ... utime(14) stime(15) ... rss(24)
-        t[int(d)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[21]))
+        t[int(d)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[21]), int(f[12]))
     return t
 
 
 def tree(root, t):
     kids = {}
-    for p, (pp, _, _) in t.items():
+    for p, (pp, *_) in t.items():
         kids.setdefault(pp, []).append(p)
     out, stack = [], [root]
     while stack:
@@ -149,6 +149,7 @@ elif sys.argv[1] == "sample":
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     start, last, peak, first = {}, {}, 0, True
+    sys_start, sys_last = {}, {}
     parent = os.getppid()
     while True:
         t = table()
@@ -157,6 +158,8 @@ elif sys.argv[1] == "sample":
         for p in ps:
             start.setdefault(p, t[p][1] if first else 0)
             last[p] = t[p][1]
+            sys_start.setdefault(p, t[p][3] if first else 0)
+            sys_last[p] = t[p][3]
         if first:
             open(ready, "w").close()
             first = False
@@ -165,8 +168,11 @@ elif sys.argv[1] == "sample":
             break
         time.sleep(0.1)
     cpu = sum(last[p] - start[p] for p in last)
+    sys_cpu = sum(sys_last[p] - sys_start[p] for p in sys_last)
+    tck = os.sysconf("SC_CLK_TCK")
     with open(out, "w") as f:
-        json.dump({"peak_rss_kib": peak, "cpu_ms": cpu * 1000.0 / os.sysconf("SC_CLK_TCK")}, f)
+        json.dump({"peak_rss_kib": peak, "cpu_ms": cpu * 1000.0 / tck,
+                   "sys_ms": sys_cpu * 1000.0 / tck}, f)
 PY
 
 tree_of() { python3 "$work/procs.py" tree "$1" 2>/dev/null || true; }
@@ -460,7 +466,7 @@ case_spec() {
 for c in $CASES; do case_spec "$c" >/dev/null; done
 
 raw=$work/runs.tsv
-printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\n' >"$raw"
+printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\n' >"$raw"
 notes=$work/notes.txt
 : >"$notes"
 
@@ -496,14 +502,14 @@ run_one() {
   fi
   out=$(timeout -k 5 $((DUR + 60)) wrk -t"$THREADS" -c"$clients" -d"${DUR}s" --timeout 10s --latency \
     -s "$work/report.lua" "${hargs[@]}" "$url" 2>&1) || status=wrk-failed
-  local peak=- cpu=- errsz=0
+  local peak=- cpu=- sys=- errsz=0
   [[ -f $errf ]] && errsz=$(stat -c %s "$errf") # what it logged up to here (not its shutdown)
   if [[ -n $gw_pid ]]; then
     kill -TERM "$spid" 2>/dev/null || true
     wait "$spid" 2>/dev/null || true
     forget "$spid"
     if [[ -f $smp ]]; then
-      read -r peak cpu < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["peak_rss_kib"], round(d["cpu_ms"]))' "$smp")
+      read -r peak cpu sys < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["peak_rss_kib"], round(d["cpu_ms"]), round(d["sys_ms"]))' "$smp")
     fi
     kill -0 "$gw_pid" 2>/dev/null || { status=gateway-died; echo "- rep $rep $cs $g: gateway process exited during the run: $(tail -c 600 "$errf" | tr '\n' ' ')" >>"$notes"; }
   fi
@@ -534,21 +540,22 @@ run_one() {
     echo "- rep $rep $cs $g logged $(wc -l <<<"$logged") warning/error lines, e.g.: $(head -3 <<<"$logged" | cut -c1-300 | tr '\n' ' ')" >>"$notes"
   fi
   python3 - "$raw" "$rep" "$cs" "$g" "$status" "$requests" "$duration_us" "$p50_us" "$p99_us" \
-    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" $ostats <<'PY'
+    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" $ostats <<'PY'
 import sys
-(raw, rep, cs, g, status, req, dur, p50, p99, ec, er, ew, es, et, peak, cpu,
+(raw, rep, cs, g, status, req, dur, p50, p99, ec, er, ew, es, et, peak, cpu, sys_ms,
  oreq, conns, full, res, proto) = sys.argv[1:]
 req, dur = int(req), int(dur) / 1e6
 errs = sum(map(int, (ec, er, ew, es, et)))
 detail = f"connect {ec}, read {er}, write {ew}, status {es}, timeout {et}"
 cpu1k = "-" if cpu == "-" or req == 0 else f"{float(cpu) / (req / 1000):.2f}"
+sys_pct = "-" if cpu in ("-", "0") or sys_ms == "-" else f"{100 * float(sys_ms) / float(cpu):.0f}"
 row = [rep, cs, g, status, req, f"{dur:.2f}", f"{req / dur:.0f}", f"{int(p50) / 1000:.2f}",
-       f"{int(p99) / 1000:.2f}", errs, detail, oreq, conns, full, res, proto, peak, cpu, cpu1k]
+       f"{int(p99) / 1000:.2f}", errs, detail, oreq, conns, full, res, proto, peak, cpu, cpu1k, sys_pct]
 with open(raw, "a") as f:
     f.write("\t".join(map(str, row)) + "\n")
 print(f"{cs} {g}: {req / dur:.0f} req/s, p99 {int(p99) / 1000:.1f} ms, errors {errs}, "
       f"origin conns {conns} (full {full}, resumed {res}, {proto}), peak RSS {peak} KiB, "
-      f"CPU {cpu1k} ms/1k req [{status}]", file=sys.stderr)
+      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys) [{status}]", file=sys.stderr)
 PY
 }
 
@@ -599,10 +606,10 @@ print("Medians over repetitions. **× best peer**: req/s over the best of "
       "summed over repetitions. Origin columns from the origin's access log for each run "
       "(requests it served, distinct connections, full / resumed TLS handshakes, protocols). "
       "RSS: peak of the gateway's processes summed, sampled every 100 ms. CPU: utime+stime of "
-      "the gateway's processes during the run, per 1,000 requests.")
+      "the gateway's processes during the run, per 1,000 requests; sys %: the kernel's share of it.")
 print()
-print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |")
+print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |")
 for c in cases:
     by = {}
     for g in gws:
@@ -615,7 +622,7 @@ for c in cases:
     for g in gws:
         if g not in by:
             if g == "nghttpx" and c.startswith("fallback"):
-                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | |")
+                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | |")
             continue
         rs = by[g]
         ok = [r for r in rs if r["status"] == "ok"]
@@ -629,7 +636,7 @@ for c in cases:
         name = f"**{g}**" if g == "muxgate" else g
         print(f"| {c} | {name} | {f('rps', '{:.0f}')} | {ratio} | {rdir} | {f('p50_ms', '{:.2f}')} "
               f"| {f('p99_ms', '{:.1f}')} | {errs} | {f('origin_requests', '{:.0f}')} | {f('conns', '{:.0f}')} "
-              f"| {f('full', '{:.0f}')} | {f('resumed', '{:.0f}')} | {protos} | {rss} | {f('cpu_ms_per_1k', '{:.1f}')} | {status} |")
+              f"| {f('full', '{:.0f}')} | {f('resumed', '{:.0f}')} | {protos} | {rss} | {f('cpu_ms_per_1k', '{:.1f}')} | {f('sys_pct', '{:.0f}')} | {status} |")
 PY
   echo
   if [[ -s $notes ]]; then

@@ -23,7 +23,7 @@ pub struct CacheRt {
     /// RFC 9111 / nginx policy settings.
     pub policy: PolicyConfig,
     /// Key template.
-    pub key: String,
+    pub key: key::Template,
     /// Larger responses are not stored.
     pub max_object_size: u64,
     /// Refresh stale entries in the background while serving them (`UPDATING`).
@@ -48,7 +48,10 @@ impl CacheRt {
         Ok(Some(Arc::new(CacheRt {
             store: Store::new(c.max_size.0),
             policy,
-            key: c.key.clone(),
+            key: key::Template::parse(&c.key).map_err(|r| ConfigError {
+                key: "cache.key".into(),
+                reason: r,
+            })?,
             max_object_size: c.max_object_size.0,
             background_update: c.background_update,
             lock: c.lock,

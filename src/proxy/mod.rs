@@ -274,13 +274,9 @@ impl Proxy {
         let cache_key = self.cache.as_ref().filter(|_| route.cache).map(|c| {
             let scheme = if client.tls { "https" } else { "http" };
             let name = crate::route::normalize_host(host.host());
-            let key = crate::cache::key::render(
-                &c.key,
-                scheme,
-                &name,
-                path_and_query.path(),
-                path_and_query.query(),
-            );
+            let key = c
+                .key
+                .render(scheme, &name, path_and_query.path(), path_and_query.query());
             (c.clone(), key)
         });
         let head = OutHead {
