@@ -22,6 +22,9 @@ fn histogram() -> Histogram {
 /// All metrics of one gateway instance (tests run several in one process).
 pub struct Metrics {
     registry: Registry,
+    /// The `cache_requests_total` series of every status the cache reports, created up front
+    /// so that counting one is an atomic increment (no label vector, hashing or lock).
+    cache_status: Vec<(&'static str, Counter)>,
     /// `muxgate_downstream_connections_total{protocol}`
     pub downstream_connections_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_open`
@@ -66,7 +69,32 @@ pub struct Metrics {
     pub config_reloads_total: Family<Labels, Counter>,
 }
 
+/// What `X-Cache-Status` and `muxgate_cache_requests_total{status}` report.
+pub const CACHE_STATUSES: [&str; 7] = [
+    "HIT",
+    "MISS",
+    "EXPIRED",
+    "STALE",
+    "UPDATING",
+    "REVALIDATED",
+    "BYPASS",
+];
+
 impl Metrics {
+    /// Counts one request the cache answered with `status`.
+    pub fn cache_request(&self, status: &'static str) {
+        match self.cache_status.iter().find(|(s, _)| *s == status) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.cache_requests_total
+                    .get_or_create(&vec![("status", status.to_string())])
+                    .inc();
+            }
+        }
+    }
+
     /// Registers every family.
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("muxgate");
@@ -91,6 +119,7 @@ impl Metrics {
             cache_size_bytes: Gauge::default(),
             config_reloads_total: Family::default(),
             registry: Registry::default(),
+            cache_status: Vec::new(),
         };
         registry.register(
             "downstream_connections",
@@ -187,7 +216,21 @@ impl Metrics {
             "Configuration reloads by result",
             m.config_reloads_total.clone(),
         );
-        Arc::new(Metrics { registry, ..m })
+        let cache_status = CACHE_STATUSES
+            .iter()
+            .map(|&st| {
+                let c = m
+                    .cache_requests_total
+                    .get_or_create(&vec![("status", st.to_string())])
+                    .clone();
+                (st, c)
+            })
+            .collect();
+        Arc::new(Metrics {
+            registry,
+            cache_status,
+            ..m
+        })
     }
 
     /// Prometheus text exposition.

@@ -184,16 +184,12 @@ impl Proxy {
         let mut log = AccessLog {
             client: client.peer,
             method: req.method().clone(),
-            host: String::new(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default(),
+            host: None,
+            path: req.uri().path_and_query().cloned(),
             status: 0,
             bytes: 0,
             start,
-            origin: "-".into(),
+            origin: None,
             protocol: "-",
             conn_id: 0,
             cache: None,
@@ -206,7 +202,7 @@ impl Proxy {
             Ok((resp, origin)) => (resp, Some(origin)),
             Err((e, origin)) => {
                 if e.side() != crate::error::Side::Client {
-                    tracing::warn!(origin = %log.origin, host = %log.host, error = %e, "request failed");
+                    tracing::warn!(origin = %log.origin(), host = %log.host(), error = %e, "request failed");
                 }
                 (error_response(&e), origin)
             }
@@ -215,10 +211,7 @@ impl Proxy {
         if let Some(status) = log.cache {
             resp.headers_mut()
                 .insert(X_CACHE_STATUS.clone(), HeaderValue::from_static(status));
-            self.metrics
-                .cache_requests_total
-                .get_or_create(&vec![("status", status.to_string())])
-                .inc();
+            self.metrics.cache_request(status);
         }
         if let Some(o) = origin {
             let m = o.metrics();
@@ -335,13 +328,13 @@ impl Proxy {
     ) -> Result<(&Route, Authority), (Error, Option<Arc<OriginPool>>)> {
         check_head(parts, self.head).map_err(|e| (e, None))?;
         let host = request_host(parts).map_err(|e| (e, None))?;
-        log.host = host.to_string();
+        log.host = Some(host.clone());
         let idx = self
             .router
             .route(host.host())
             .ok_or((Error::NoRoute, None))?;
         let route = &self.routes[idx];
-        log.origin = route.pool.name().to_string();
+        log.origin = Some(route.pool.name_shared());
         if parts.method == Method::CONNECT {
             return Err((
                 Error::BadRequest("CONNECT is not supported"),
@@ -611,29 +604,42 @@ where
 struct AccessLog {
     client: SocketAddr,
     method: Method,
-    host: String,
-    path: String,
+    /// Cheap clones: `Authority` and `PathAndQuery` share the request's bytes.
+    host: Option<Authority>,
+    path: Option<PathAndQuery>,
     status: u16,
     bytes: u64,
     start: Instant,
-    origin: String,
+    origin: Option<Arc<str>>,
     protocol: &'static str,
     conn_id: u64,
     cache: Option<&'static str>,
 }
 
 impl AccessLog {
+    fn host(&self) -> &str {
+        self.host.as_ref().map_or("", |h| h.as_str())
+    }
+
+    fn origin(&self) -> &str {
+        self.origin.as_deref().unwrap_or("-")
+    }
+
+    fn path(&self) -> &str {
+        self.path.as_ref().map_or("", |p| p.as_str())
+    }
+
     fn emit(&self, complete: bool) {
         tracing::info!(
             target: "muxgate::access",
             client = %self.client,
             method = %self.method,
-            host = %self.host,
-            path = %self.path,
+            host = %self.host(),
+            path = %self.path(),
             status = self.status,
             bytes = self.bytes,
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            origin = %self.origin,
+            origin = %self.origin(),
             upstream_protocol = self.protocol,
             upstream_conn = self.conn_id,
             cache = self.cache.unwrap_or("-"),

@@ -214,7 +214,7 @@ impl Proxy {
         let tunnel = Tunnel {
             origin: pool.name().to_string(),
             client: client.peer,
-            path: log.path.clone(),
+            path: log.path().to_string(),
             via,
             conn_id,
             idle: pool.upgrade_idle_timeout(),

@@ -338,7 +338,7 @@ enum AttemptError {
 
 /// Everything that talks to one origin.
 pub struct OriginPool {
-    name: String,
+    name: Arc<str>,
     connector: Arc<Connector>,
     h2: Option<H2Pool>,
     h1: H1Pool,
@@ -385,7 +385,7 @@ impl OriginPool {
             )))
         });
         Ok(OriginPool {
-            name: o.raw.name.clone(),
+            name: Arc::from(o.raw.name.as_str()),
             connector,
             h2,
             h1,
@@ -404,6 +404,11 @@ impl OriginPool {
     /// The origin's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The origin's name, shared (for per-request records such as the access log).
+    pub fn name_shared(&self) -> Arc<str> {
+        self.name.clone()
     }
 
     /// Per-origin metric handles.
