@@ -8,6 +8,7 @@
 #
 # Usage: bench/callgrind.sh [REQUESTS] [CONNECTIONS] [PATH]    (default 20000 50 /bytes/1024)
 #   GATEWAY_EXTRA=$'[cache]\nenabled = true' bench/callgrind.sh 20000 50 /cached/1024   cache hits
+#   LOAD_ARGS=--close bench/callgrind.sh 20000 50    a new client connection per request
 # Needs valgrind (apt-get install valgrind). Loopback only; stops everything it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +25,9 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
 gw=$!
 pids+=($gw)
 wait_gateway "$port" "$path"
-"$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests 2000 >/dev/null
+"$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests 2000 ${LOAD_ARGS:-} >/dev/null
 callgrind_control --zero "$gw" >/dev/null 2>&1
-out=$("$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests "$n")
+out=$("$bin" load --target "127.0.0.1:$port" --path "$path" --connections "$c" --requests "$n" ${LOAD_ARGS:-})
 callgrind_control --dump=measured "$gw" >/dev/null 2>&1
 sleep 1
 dump=$(ls -t "$dir"/cg.out* | head -1)

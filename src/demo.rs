@@ -126,6 +126,7 @@ enabled = {cache}
     let mut direct = None;
     if opts.direct {
         let spec = LoadSpec {
+            close: false,
             target: origin.addr,
             tls: Some((
                 pki.client_config(&[b"http/1.1"])?,
@@ -145,6 +146,7 @@ enabled = {cache}
     let resumed_before = origin.stats.get(|s| &s.resumed_handshakes);
     let requests_before = origin.stats.get(|s| &s.requests);
     let spec = LoadSpec {
+        close: false,
         target: gw_addr,
         tls: None,
         host: "demo.test".into(),
@@ -206,6 +208,7 @@ async fn cache_report(
     opts: &DemoOpts,
 ) {
     let run = |path: &str, requests: usize| LoadSpec {
+        close: false,
         target: addr,
         tls: None,
         host: "demo.test".into(),
@@ -261,6 +264,7 @@ async fn goaway_run(opts: &DemoOpts, every: u64) -> Result<(), String> {
         opts.clients, opts.requests, opts.max_streams
     );
     let r = load::run(LoadSpec {
+        close: false,
         target: addr,
         tls: None,
         host: "demo.test".into(),

@@ -85,6 +85,9 @@ enum Cmd {
         /// Requests in all.
         #[arg(long, default_value_t = 10_000)]
         requests: usize,
+        /// Send `Connection: close`: a new connection for every request.
+        #[arg(long)]
+        close: bool,
     },
     /// Benchmark helper: run the test-kit origin (TLS, ALPN h2 + http/1.1) in its own process.
     /// Writes ca.pem/cert.pem/key.pem into DIR, prints `listening ADDR`, serves until killed.
@@ -159,10 +162,12 @@ fn main() -> ExitCode {
             path,
             connections,
             requests,
+            close,
         } => {
             init_logging("warn", false);
             raise_nofile(connections as u64 * 2 + 256);
             let spec = muxgate::testkit::load::LoadSpec {
+                close,
                 target,
                 tls: None,
                 host,

@@ -25,6 +25,8 @@ pub struct Metrics {
     /// The `cache_requests_total` series of every status the cache reports, created up front
     /// so that counting one is an atomic increment (no label vector, hashing or lock).
     cache_status: Vec<(&'static str, Counter)>,
+    /// The `downstream_connections_total` series of every client protocol, likewise.
+    downstream_protocol: Vec<(&'static str, Counter)>,
     /// `muxgate_downstream_connections_total{protocol}`
     pub downstream_connections_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_open`
@@ -80,7 +82,28 @@ pub const CACHE_STATUSES: [&str; 7] = [
     "BYPASS",
 ];
 
+/// What `muxgate_downstream_connections_total{protocol}` reports.
+pub const DOWNSTREAM_PROTOCOLS: [&str; 4] = ["http/1.1", "http/1.1+tls", "h2", "h2c"];
+
 impl Metrics {
+    /// Counts one accepted client connection speaking `protocol`.
+    pub fn downstream_connection(&self, protocol: &'static str) {
+        match self
+            .downstream_protocol
+            .iter()
+            .find(|(p, _)| *p == protocol)
+        {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.downstream_connections_total
+                    .get_or_create(&vec![("protocol", protocol.to_string())])
+                    .inc();
+            }
+        }
+    }
+
     /// Counts one request the cache answered with `status`.
     pub fn cache_request(&self, status: &'static str) {
         match self.cache_status.iter().find(|(s, _)| *s == status) {
@@ -120,6 +143,7 @@ impl Metrics {
             config_reloads_total: Family::default(),
             registry: Registry::default(),
             cache_status: Vec::new(),
+            downstream_protocol: Vec::new(),
         };
         registry.register(
             "downstream_connections",
@@ -226,9 +250,20 @@ impl Metrics {
                 (st, c)
             })
             .collect();
+        let downstream_protocol = DOWNSTREAM_PROTOCOLS
+            .iter()
+            .map(|&p| {
+                let c = m
+                    .downstream_connections_total
+                    .get_or_create(&vec![("protocol", p.to_string())])
+                    .clone();
+                (p, c)
+            })
+            .collect();
         Arc::new(Metrics {
             registry,
             cache_status,
+            downstream_protocol,
             ..m
         })
     }

@@ -27,6 +27,7 @@ fn stat(o: &RunningOrigin, f: impl Fn(&OriginStats) -> &std::sync::atomic::Atomi
 
 async fn run_load(gw: &muxgate::Gateway) -> LoadReport {
     let spec = LoadSpec {
+        close: false,
         target: gw.http_addrs[0],
         tls: None,
         host: "app.test".into(),
@@ -204,6 +205,7 @@ async fn plain_pool_at_h1_max_connections_queues_requests() {
     let gw = gateway_for_plain(&origin, "h1_max_connections = 4\npending_timeout = \"3s\"").await;
 
     let spec = LoadSpec {
+        close: false,
         target: gw.http_addrs[0],
         tls: None,
         host: "app.test".into(),
@@ -236,6 +238,7 @@ async fn plain_pool_never_exceeds_h1_max_connections() {
     let gw = gateway_for_plain(&origin, "h1_max_connections = 4\npending_timeout = \"1s\"").await;
 
     let spec = LoadSpec {
+        close: false,
         target: gw.http_addrs[0],
         tls: None,
         host: "app.test".into(),

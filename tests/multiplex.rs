@@ -29,6 +29,7 @@ async fn burst(
     limit: Duration,
 ) -> LoadReport {
     let spec = LoadSpec {
+        close: false,
         target: gw.http_addrs[0],
         tls: None,
         host: "app.test".into(),

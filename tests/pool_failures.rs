@@ -25,6 +25,7 @@ async fn gateway(origin: &RunningControl, pki: &Pki, extra: &str) -> (Gateway, P
 
 fn spec(gw: &Gateway, connections: usize, requests: usize) -> LoadSpec {
     LoadSpec {
+        close: false,
         target: gw.http_addrs[0],
         tls: None,
         host: "app.test".into(),

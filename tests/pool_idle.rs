@@ -37,6 +37,7 @@ async fn burst_connections_close_after_idle_timeout() {
     )
     .await;
     let spec = LoadSpec {
+        close: false,
         target: gw.http_addrs[0],
         tls: None,
         host: "app.test".into(),

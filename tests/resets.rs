@@ -30,6 +30,7 @@ async fn content_length_responses_do_not_reset_streams() {
     ))
     .await;
     let spec = LoadSpec {
+        close: false,
         target: gw.http_addrs[0],
         tls: None,
         host: "app.test".into(),

@@ -33,6 +33,8 @@ pub struct LoadSpec {
     pub connections: usize,
     /// Requests in all (spread over the connections).
     pub requests: usize,
+    /// Send `Connection: close`: a new connection for every request.
+    pub close: bool,
 }
 
 /// What happened.
@@ -147,9 +149,11 @@ async fn one_connection(spec: &LoadSpec, n: usize) -> LoadReport {
             }
         }
         let Some(s) = sender.as_mut() else { continue };
-        let req = Request::get(spec.path.as_str())
-            .header(header::HOST, spec.host.as_str())
-            .body(Empty::new());
+        let mut req = Request::get(spec.path.as_str()).header(header::HOST, spec.host.as_str());
+        if spec.close {
+            req = req.header(header::CONNECTION, "close");
+        }
+        let req = req.body(Empty::new());
         let Ok(req) = req else {
             r.errors += 1;
             continue;
@@ -170,6 +174,9 @@ async fn one_connection(spec: &LoadSpec, n: usize) -> LoadReport {
         .await;
         match res {
             Ok((status, len)) => {
+                if spec.close {
+                    sender = None;
+                }
                 r.latencies.push(t0.elapsed());
                 r.requests += 1;
                 r.bytes += len;
