@@ -9,6 +9,7 @@
 # Usage: bench/callgrind.sh [REQUESTS] [CONNECTIONS] [PATH]    (default 20000 50 /bytes/1024)
 #   GATEWAY_EXTRA=$'[cache]\nenabled = true' bench/callgrind.sh 20000 50 /cached/1024   cache hits
 #   LOAD_ARGS=--close bench/callgrind.sh 20000 50    a new client connection per request
+#   ORIGIN_ARGS=--h1-only bench/callgrind.sh 20000 50  HTTP/1.1 keep-alive pool to the origin
 # Needs valgrind (apt-get install valgrind). Loopback only; stops everything it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -16,7 +16,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # The test-kit origin (TLS, ALPN h2 + http/1.1; writes ca.pem into $dir); sets oport.
-"$bin" origin --dir "$dir" >"$dir/origin.out" 2>&1 &
+"$bin" origin --dir "$dir" ${ORIGIN_ARGS:-} >"$dir/origin.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
 oport=$(awk '/listening/ {print $2}' "$dir/origin.out")
