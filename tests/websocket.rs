@@ -672,3 +672,94 @@ async fn vanished_clients_free_their_h2_tunnels() {
     })
     .await;
 }
+
+/// Open tunnels survive live reloads: one that keeps the origin's pool (routes and limits
+/// changed) and one that replaces it (connection settings changed, the old pool drains). The
+/// socket opened before both reloads keeps echoing in both directions, new sockets open after
+/// them, and shutdown still closes the old socket (the new request path took the tunnels over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_survive_reloads() {
+    support::init();
+    bounded(90, async {
+        let pki = Pki::localhost().expect("pki");
+        let files = pki.write().expect("files");
+        let h1 = WsOrigin::h1().start(&pki).await;
+        let h2 = WsOrigin::h2_connect().start(&pki).await;
+        for origin in [h1, h2] {
+            let url = format!("https://localhost:{}", origin.addr.port());
+            let config = |hosts: &[&str], extra: &str, max_connections: usize| {
+                let toml = gateway_toml(
+                    &format!("[client]\nmax_connections = {max_connections}"),
+                    &origin_toml("app", hosts, &url, Some(&files.ca), extra),
+                );
+                muxgate::config::Config::from_toml(&toml)
+                    .and_then(muxgate::config::Config::validate)
+                    .unwrap_or_else(|e| panic!("{e}\n{toml}"))
+            };
+            let gw = Gateway::start(config(&["*"], "", 1000))
+                .await
+                .expect("start");
+            let addr = gw.http_addrs[0];
+            let mut old = ws::connect(addr, "app.test", "/ws").await.expect("connect");
+            let mut echoed = 0;
+            for step in 0..3 {
+                match step {
+                    0 => {}
+                    // Same connection settings: the pool (and its connection) is kept.
+                    1 => {
+                        let r = gw
+                            .reload(config(&["app.test", "*.test"], "", 900))
+                            .expect("reload");
+                        assert_eq!(r.kept, vec!["app".to_string()], "{r:?}");
+                    }
+                    // Changed connection settings: a fresh pool, the old one drains.
+                    _ => {
+                        let r = gw
+                            .reload(config(&["app.test"], "connect_timeout = \"7s\"", 900))
+                            .expect("reload");
+                        assert!(r.kept.is_empty(), "{r:?}");
+                    }
+                }
+                for i in 0..5 {
+                    let text = format!("before and after reloads {step}.{i}");
+                    old.send(Message::text(text.clone()))
+                        .await
+                        .expect("send on the old socket");
+                    match tokio::time::timeout(Duration::from_secs(10), old.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), text),
+                        other => panic!("step {step}: no echo on the old socket: {other:?}"),
+                    }
+                    echoed += 1;
+                }
+                let mut new = ws::connect(addr, "app.test", "/ws")
+                    .await
+                    .expect("new socket");
+                new.send(Message::binary(vec![7u8; 3000]))
+                    .await
+                    .expect("send");
+                match tokio::time::timeout(Duration::from_secs(10), new.next()).await {
+                    Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(b.len(), 3000),
+                    other => panic!("step {step}: no echo on a new socket: {other:?}"),
+                }
+                new.close(None).await.expect("close");
+            }
+            assert_eq!(echoed, 15);
+            let drained = tokio::time::timeout(Duration::from_secs(20), gw.shutdown())
+                .await
+                .expect("shutdown hung");
+            assert!(drained, "gateway did not drain with a tunnel open");
+            let end = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match old.next().await {
+                        None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            })
+            .await;
+            assert!(end.is_ok(), "the old socket is still open after shutdown");
+        }
+        drop(files);
+    })
+    .await;
+}

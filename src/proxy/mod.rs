@@ -76,10 +76,27 @@ pub struct Proxy {
     head: HeadLimits,
     cache: Option<Arc<CacheRt>>,
     metrics: Arc<Metrics>,
-    /// Running upgrade tunnels (they outlive their client connection's task).
-    tunnels: tokio_util::task::TaskTracker,
+    /// Running upgrade tunnels; shared with the request paths that replace this one.
+    tunnels: TunnelSet,
+}
+
+/// The upgrade tunnels of a gateway. They outlive their client connection's task and any
+/// reload: a reload hands the set to the new request path (`Proxy::adopt_tunnels`), so
+/// dropping the old one closes nothing; only shutdown (`close_upgrades`) stops them.
+#[derive(Clone)]
+struct TunnelSet {
+    tasks: tokio_util::task::TaskTracker,
     /// Set at shutdown: every tunnel closes.
-    stop_tunnels: tokio::sync::watch::Sender<bool>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl TunnelSet {
+    fn new() -> TunnelSet {
+        TunnelSet {
+            tasks: tokio_util::task::TaskTracker::new(),
+            stop: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
 }
 
 impl Proxy {
@@ -138,8 +155,7 @@ impl Proxy {
             },
             cache,
             metrics: metrics.clone(),
-            tunnels: tokio_util::task::TaskTracker::new(),
-            stop_tunnels: tokio::sync::watch::channel(false).0,
+            tunnels: TunnelSet::new(),
         })
     }
 
@@ -159,9 +175,15 @@ impl Proxy {
     /// Closes every upgraded connection (a tunnel has no "end of the request" to wait for) and
     /// waits until their tasks have ended. Part of graceful shutdown.
     pub async fn close_upgrades(&self) {
-        self.stop_tunnels.send_replace(true);
-        self.tunnels.close();
-        self.tunnels.wait().await;
+        self.tunnels.stop.send_replace(true);
+        self.tunnels.tasks.close();
+        self.tunnels.tasks.wait().await;
+    }
+
+    /// Takes over the running tunnels of the request path this one replaces (a reload): they
+    /// keep running, and this path's shutdown closes them.
+    pub fn adopt_tunnels(&mut self, old: &Proxy) {
+        self.tunnels = old.tunnels.clone();
     }
 
     /// All origin pools.

@@ -220,8 +220,8 @@ impl Proxy {
             idle: pool.upgrade_idle_timeout(),
             _slot: slot,
         };
-        let stop = self.stop_tunnels.subscribe();
-        self.tunnels.spawn(async move {
+        let stop = self.tunnels.stop.subscribe();
+        self.tunnels.tasks.spawn(async move {
             // Keeps the client connection counted as open until the tunnel ends.
             let _hold = hold;
             match on_client.await {
