@@ -674,7 +674,8 @@ async fn vanished_clients_free_their_h2_tunnels() {
 }
 
 /// Open tunnels survive live reloads: one that keeps the origin's pool (routes and limits
-/// changed) and one that replaces it (connection settings changed, the old pool drains). The
+/// changed) and one that replaces it (connection settings changed, the old pool drains; the
+/// old socket is checked again after the drained pool's 10 s grace). The
 /// socket opened before both reloads keeps echoing in both directions, new sockets open after
 /// them, and shutdown still closes the old socket (the new request path took the tunnels over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,6 +719,9 @@ async fn tunnels_survive_reloads() {
                             .reload(config(&["app.test"], "connect_timeout = \"7s\"", 900))
                             .expect("reload");
                         assert!(r.kept.is_empty(), "{r:?}");
+                        // Past the grace after which a connection nobody holds is closed
+                        // (RETIRE_GRACE, 10 s): the tunnel still holds its connection.
+                        tokio::time::sleep(Duration::from_secs(11)).await;
                     }
                 }
                 for i in 0..5 {
