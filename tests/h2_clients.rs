@@ -524,8 +524,9 @@ async fn h2c_refused_when_disabled() {
     assert!(s.gw.shutdown().await);
 }
 
-/// RFC 9113 §8.3.1: `:authority` and `Host` must agree; a mismatch is refused with 400 and the
-/// connection stays usable; a matching pair is served.
+/// RFC 9113 §8.3.1: `:authority` and `Host` must name the same entity after scheme-based
+/// normalisation (case, default port); a mismatch (another host, another port) is refused
+/// with 400 and the connection stays usable; matching pairs are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authority_host_mismatch_is_400() {
     let s = setup("").await;
@@ -537,6 +538,20 @@ async fn authority_host_mismatch_is_400() {
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains(":authority and Host differ"));
     assert!(r.headers.get("connection").is_none());
+    let mut other_port = req(Method::GET, "/headers");
+    other_port
+        .headers_mut()
+        .insert("host", "localhost:8443".parse().unwrap());
+    let r = exchange(&h2, other_port, b"").await.unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+
+    // `https://localhost` and `localhost:443` are the same entity.
+    let mut default_port = req(Method::GET, "/headers");
+    default_port
+        .headers_mut()
+        .insert("host", "localhost:443".parse().unwrap());
+    let r = exchange(&h2, default_port, b"").await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
     let mut same = req(Method::GET, "/headers");
     same.headers_mut()
@@ -547,7 +562,7 @@ async fn authority_host_mismatch_is_400() {
         r.headers.get("x-seen-authority").map(|v| v.as_bytes()),
         Some(&b"localhost"[..])
     );
-    assert_eq!(s.origin.stats.get(|s| &s.requests), 1);
+    assert_eq!(s.origin.stats.get(|s| &s.requests), 2);
     assert!(s.gw.shutdown().await);
 }
 

@@ -446,15 +446,21 @@ fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
             return Err(Error::BadRequest("userinfo in request target"));
         }
         if parts.version == Version::HTTP_2 {
-            // RFC 9113 §8.3.1: "If both the ':authority' pseudo-header field and the Host header
-            // field are present, ... the values [MUST] be identical" — a proxy must not let
-            // the two name different hosts (the router and the origin could disagree).
+            // RFC 9113 §8.3.1: a Host that "identifies an entity that differs from the entity
+            // in the ':authority'" makes the request malformed, compared after scheme-based
+            // normalisation (RFC 3986 §6.2.3: case, default port) — a proxy must not let the
+            // two name different hosts (the router and the origin could disagree).
             let mut hosts = parts.headers.get_all(header::HOST).iter();
             if let Some(h) = hosts.next() {
                 if hosts.next().is_some() {
                     return Err(Error::BadRequest("more than one Host header"));
                 }
-                if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+                let default_port = if parts.uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+                    80
+                } else {
+                    443
+                };
+                if !same_entity(h.as_bytes(), a, default_port) {
                     return Err(Error::BadRequest(":authority and Host differ"));
                 }
             }
@@ -475,6 +481,19 @@ fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
         .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
         .ok_or(Error::BadRequest("invalid Host header"))?;
     Ok(host)
+}
+
+/// Whether a `Host` value names the same host and port as `authority`, the port defaulting to
+/// `default_port` on either side (RFC 3986 §6.2.3).
+fn same_entity(host: &[u8], authority: &Authority, default_port: u16) -> bool {
+    let Some(h) = std::str::from_utf8(host)
+        .ok()
+        .and_then(|h| Authority::try_from(h).ok())
+    else {
+        return false;
+    };
+    h.host().eq_ignore_ascii_case(authority.host())
+        && h.port_u16().unwrap_or(default_port) == authority.port_u16().unwrap_or(default_port)
 }
 
 /// RFC 9112 §6.1: only a single, final `chunked` is a framing the gateway decodes; any other
