@@ -42,7 +42,6 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -72,7 +71,6 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     shutdown_tx: watch::Sender<bool>,
     tracker: TaskTracker,
-    drain_timeout: Duration,
 }
 
 /// What a successful [`Gateway::reload`] did.
@@ -142,7 +140,6 @@ impl Gateway {
             tls_addrs,
             admin_addr,
             live,
-            drain_timeout: cfg.raw.client.drain_timeout.0,
             running: Mutex::new(cfg),
             certs,
             metrics,
@@ -243,9 +240,9 @@ impl Gateway {
             let proxy = self.live.proxy.load_full();
             tokio::join!(self.tracker.wait(), proxy.close_upgrades());
         };
-        tokio::time::timeout(self.drain_timeout, drain)
-            .await
-            .is_ok()
+        // Read now, not at start: a reload may have changed it.
+        let drain_timeout = self.live.limits.load().drain_timeout.0;
+        tokio::time::timeout(drain_timeout, drain).await.is_ok()
     }
 }
 
