@@ -181,7 +181,7 @@ impl Gateway {
             .map(|k| k.and_then(|i| old_pools.get(i).cloned()))
             .collect();
         let cache = plan.keep_cache.then(|| old.cache().cloned());
-        let mut proxy = Proxy::reusing(&new, &self.metrics, &pools, cache)?;
+        let mut proxy = Proxy::reusing(&new, &self.metrics, &pools, &old_pools, cache)?;
         // Open WebSocket (and other upgraded) connections survive the reload.
         proxy.adopt_tunnels(&old);
         // Swap: certificates, then the request path, then the limits.

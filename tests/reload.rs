@@ -194,6 +194,7 @@ async fn ten_reloads_under_load_keep_the_origin_connection_and_session() {
 
 /// Changing a connection setting (`max_connections`) gives the origin a fresh pool; a slow
 /// request already on the old pool still completes, and the old connection closes once it has.
+/// The fresh pool resumes the old pool's TLS session, unless the trust settings changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_connection_settings_get_a_fresh_pool_and_the_old_one_drains() {
     init();
@@ -225,6 +226,9 @@ async fn changed_connection_settings_get_a_fresh_pool_and_the_old_one_drains() {
     // New requests use the fresh pool (a second origin connection) while the slow one runs.
     assert_eq!(get(addr, "app.test", "/").await.status, StatusCode::OK);
     assert_eq!(origin.stats.get(|s| &s.connections), 2);
+    // The fresh pool took over the old one's TLS sessions: its connection resumed.
+    assert_eq!(origin.stats.get(|s| &s.full_handshakes), 1);
+    assert_eq!(origin.stats.get(|s| &s.resumed_handshakes), 1);
     assert_eq!(
         slow.await.unwrap(),
         StatusCode::OK,
@@ -247,6 +251,25 @@ async fn changed_connection_settings_get_a_fresh_pool_and_the_old_one_drains() {
         "the old pool's connection closed after draining"
     );
     assert_eq!(get(addr, "app.test", "/").await.status, StatusCode::OK);
+
+    // Other trust (the CA file now also trusts a second CA): sessions verified under the old
+    // trust are not offered, so the next pool starts with a full handshake.
+    let other_ca = files.ca.with_file_name("other-ca.pem");
+    let second = Pki::localhost().unwrap().write().unwrap();
+    let both = [
+        std::fs::read(&files.ca).unwrap(),
+        std::fs::read(&second.ca).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&other_ca, both).unwrap();
+    let toml = gateway_toml(
+        "",
+        &origin_toml("app", &["*"], &https_url(&origin), Some(&other_ca), ""),
+    );
+    let report = gw.reload(validated(&toml)).expect("reload");
+    assert_eq!(report.fresh, vec!["app".to_string()]);
+    assert_eq!(get(addr, "app.test", "/").await.status, StatusCode::OK);
+    assert_eq!(origin.stats.get(|s| &s.full_handshakes), 2);
 }
 
 fn tls_config(origin: &RunningOrigin, origin_ca: &Path, listener: &PkiFiles) -> String {

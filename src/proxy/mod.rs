@@ -102,16 +102,18 @@ impl TunnelSet {
 impl Proxy {
     /// Builds pools for every origin of `cfg`.
     pub fn new(cfg: &ValidConfig, metrics: &Arc<Metrics>) -> Result<Proxy, String> {
-        Proxy::reusing(cfg, metrics, &[], None)
+        Proxy::reusing(cfg, metrics, &[], &[], None)
     }
 
     /// Builds the request path for `cfg`, taking over running parts (a live reload):
-    /// `pools[i]`, when `Some`, is the pool origin `i` keeps; `cache`, when `Some`, is the
-    /// running cache (or its absence) to keep.
+    /// `pools[i]`, when `Some`, is the pool origin `i` keeps; an origin that gets a fresh pool
+    /// takes the TLS sessions of the pool of the same name in `previous` (the running ones);
+    /// `cache`, when `Some`, is the running cache (or its absence) to keep.
     pub fn reusing(
         cfg: &ValidConfig,
         metrics: &Arc<Metrics>,
         pools: &[Option<Arc<OriginPool>>],
+        previous: &[Arc<OriginPool>],
         cache: Option<Option<Arc<CacheRt>>>,
     ) -> Result<Proxy, String> {
         let router = Router::new(
@@ -124,10 +126,13 @@ impl Proxy {
         for (i, o) in cfg.origins.iter().enumerate() {
             let pool = match pools.get(i).cloned().flatten() {
                 Some(p) => p,
-                None => Arc::new(
-                    OriginPool::new(o, metrics.origin(&o.raw.name))
-                        .map_err(|e| format!("origin {}: {e}", o.raw.name))?,
-                ),
+                None => {
+                    let prev = previous.iter().find(|p| p.name() == o.raw.name);
+                    Arc::new(
+                        OriginPool::replacing(o, metrics.origin(&o.raw.name), prev.map(|p| &**p))
+                            .map_err(|e| format!("origin {}: {e}", o.raw.name))?,
+                    )
+                }
             };
             routes.push(Route {
                 pool,

@@ -178,6 +178,11 @@ pub struct Connector {
     servers: Vec<Server>,
     next: AtomicUsize,
     server_name: ServerName<'static>,
+    /// The origin TLS config (its session store and certificate verifier inside) and what it
+    /// trusts (the CA file's contents, verification on or off): a pool replacing this one with
+    /// the same trust builds on it, so its sessions stay resumable (rustls resumes a session
+    /// only under the verifier that verified it).
+    tls_base: Option<(Arc<ClientConfig>, Trust)>,
     tls: Option<TlsConnector>,
     /// Same config and session store as `tls`, ALPN `http/1.1` only: dedicated connections
     /// for upgrades, which must not negotiate h2.
@@ -195,6 +200,27 @@ pub struct Connector {
     dialer: Option<Dialer>,
 }
 
+/// What an origin's TLS config trusts: the CA file's contents (read again, so a CA rotated in
+/// place is never covered by the old one) and whether certificates are verified at all.
+#[derive(PartialEq, Eq)]
+struct Trust {
+    ca: Option<Vec<u8>>,
+    verify: bool,
+}
+
+impl Trust {
+    fn of(o: &ValidOrigin) -> Result<Trust, String> {
+        let ca = match &o.raw.tls_ca {
+            Some(p) => Some(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?),
+            None => None,
+        };
+        Ok(Trust {
+            ca,
+            verify: o.raw.tls_verify,
+        })
+    }
+}
+
 /// What one [`Connector::refresh`] did.
 #[derive(Debug, Clone, Copy)]
 pub struct Refreshed {
@@ -208,6 +234,18 @@ pub struct Refreshed {
 impl Connector {
     /// Builds the connector; fails only on unreadable CA files.
     pub fn new(o: &ValidOrigin, metrics: OriginMetrics) -> Result<Connector, String> {
+        Connector::replacing(o, metrics, None)
+    }
+
+    /// Builds the connector of a pool that replaces `prev`'s (a reload): it keeps `prev`'s TLS
+    /// sessions when the server name and the trust (CA contents, `tls_verify`) are the same,
+    /// so its connections resume instead of starting with a full handshake. A resumed session
+    /// skips certificate verification, so sessions never cross a change of trust.
+    pub fn replacing(
+        o: &ValidOrigin,
+        metrics: OriginMetrics,
+        prev: Option<&Connector>,
+    ) -> Result<Connector, String> {
         let sni = o
             .raw
             .tls_server_name
@@ -216,17 +254,29 @@ impl Connector {
         let server_name = ServerName::try_from(sni.clone())
             .map_err(|_| format!("invalid TLS server name {sni:?}"))?;
         let dialer = DIALER.with(|d| d.borrow().clone());
+        let mut tls_base = None;
         let (tls, tls_h1) =
             match o.scheme {
                 // An in-memory dialler needs no TLS (and loading the system roots per origin would
                 // dominate a fuzz iteration).
                 Scheme::Https if dialer.is_some() => (None, None),
                 Scheme::Https => {
-                    let cfg: Arc<ClientConfig> = crate::tls::client_config(
-                        o.raw.tls_ca.as_deref(),
-                        o.raw.tls_verify,
-                        &o.raw.alpn,
-                    )?;
+                    let trust = Trust::of(o)?;
+                    let alpn: Vec<&[u8]> = o.raw.alpn.iter().map(|p| p.as_bytes()).collect();
+                    let inherited = prev
+                        .filter(|p| p.server_name == server_name)
+                        .and_then(|p| p.tls_base.as_ref())
+                        .filter(|(_, t)| *t == trust)
+                        .map(|(cfg, _)| crate::tls::with_alpn(cfg, &alpn));
+                    let cfg: Arc<ClientConfig> = match inherited {
+                        Some(cfg) => cfg,
+                        None => crate::tls::client_config(
+                            o.raw.tls_ca.as_deref(),
+                            o.raw.tls_verify,
+                            &o.raw.alpn,
+                        )?,
+                    };
+                    tls_base = Some((cfg.clone(), trust));
                     // Only if the operator allows http/1.1 to this origin at all.
                     let h1 =
                         o.raw.alpn.iter().any(|p| p == "http/1.1").then(|| {
@@ -259,6 +309,7 @@ impl Connector {
             servers,
             next: AtomicUsize::new(0),
             server_name,
+            tls_base,
             tls,
             tls_h1,
             connect_timeout: o.raw.connect_timeout.0,

@@ -358,7 +358,18 @@ pub struct OriginPool {
 impl OriginPool {
     /// Builds the pools (no connection is opened until the first request).
     pub fn new(o: &ValidOrigin, metrics: OriginMetrics) -> Result<OriginPool, String> {
-        let connector = Arc::new(Connector::new(o, metrics.clone())?);
+        OriginPool::replacing(o, metrics, None)
+    }
+
+    /// Builds the pools that replace `prev` (a reload that changed connection settings): the
+    /// TLS sessions carry over when the trust settings allow (`Connector::replacing`).
+    pub fn replacing(
+        o: &ValidOrigin,
+        metrics: OriginMetrics,
+        prev: Option<&OriginPool>,
+    ) -> Result<OriginPool, String> {
+        let prev = prev.map(|p| p.connector.as_ref());
+        let connector = Arc::new(Connector::replacing(o, metrics.clone(), prev)?);
         let next_id = Arc::new(AtomicU64::new(1));
         let h1 = H1Pool::new(o, connector.clone(), metrics.clone(), next_id.clone());
         let refresh = connector.needs_refresh();
