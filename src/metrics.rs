@@ -22,11 +22,10 @@ fn histogram() -> Histogram {
 /// All metrics of one gateway instance (tests run several in one process).
 pub struct Metrics {
     registry: Registry,
-    /// The `cache_requests_total` series of every status the cache reports, created up front
-    /// so that counting one is an atomic increment (no label vector, hashing or lock).
-    cache_status: Vec<(&'static str, Counter)>,
-    /// The `downstream_connections_total` series of every client protocol, likewise.
-    downstream_protocol: Vec<(&'static str, Counter)>,
+    /// The `cache_requests_total` series of every status the cache reports.
+    cache_status: Series,
+    /// The `downstream_connections_total` series of every client protocol.
+    downstream_protocol: Series,
     /// `muxgate_downstream_connections_total{protocol}`
     pub downstream_connections_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_open`
@@ -71,6 +70,43 @@ pub struct Metrics {
     pub config_reloads_total: Family<Labels, Counter>,
 }
 
+/// The series of a one-label counter family for a known set of label values, created up front
+/// so that counting one is an atomic increment (no label vector to allocate and hash, no lock,
+/// as `Family::get_or_create` needs on every call). Other values fall back to the family.
+#[derive(Default)]
+struct Series {
+    label: &'static str,
+    known: Vec<(&'static str, Counter)>,
+}
+
+impl Series {
+    fn new(family: &Family<Labels, Counter>, label: &'static str, values: &[&'static str]) -> Self {
+        let known = values
+            .iter()
+            .map(|&v| {
+                (
+                    v,
+                    family.get_or_create(&vec![(label, v.to_string())]).clone(),
+                )
+            })
+            .collect();
+        Series { label, known }
+    }
+
+    fn inc(&self, family: &Family<Labels, Counter>, value: &'static str) {
+        match self.known.iter().find(|(v, _)| *v == value) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                family
+                    .get_or_create(&vec![(self.label, value.to_string())])
+                    .inc();
+            }
+        }
+    }
+}
+
 /// What `X-Cache-Status` and `muxgate_cache_requests_total{status}` report.
 pub const CACHE_STATUSES: [&str; 7] = [
     "HIT",
@@ -88,34 +124,13 @@ pub const DOWNSTREAM_PROTOCOLS: [&str; 4] = ["http/1.1", "http/1.1+tls", "h2", "
 impl Metrics {
     /// Counts one accepted client connection speaking `protocol`.
     pub fn downstream_connection(&self, protocol: &'static str) {
-        match self
-            .downstream_protocol
-            .iter()
-            .find(|(p, _)| *p == protocol)
-        {
-            Some((_, c)) => {
-                c.inc();
-            }
-            None => {
-                self.downstream_connections_total
-                    .get_or_create(&vec![("protocol", protocol.to_string())])
-                    .inc();
-            }
-        }
+        self.downstream_protocol
+            .inc(&self.downstream_connections_total, protocol);
     }
 
     /// Counts one request the cache answered with `status`.
     pub fn cache_request(&self, status: &'static str) {
-        match self.cache_status.iter().find(|(s, _)| *s == status) {
-            Some((_, c)) => {
-                c.inc();
-            }
-            None => {
-                self.cache_requests_total
-                    .get_or_create(&vec![("status", status.to_string())])
-                    .inc();
-            }
-        }
+        self.cache_status.inc(&self.cache_requests_total, status);
     }
 
     /// Registers every family.
@@ -142,8 +157,8 @@ impl Metrics {
             cache_size_bytes: Gauge::default(),
             config_reloads_total: Family::default(),
             registry: Registry::default(),
-            cache_status: Vec::new(),
-            downstream_protocol: Vec::new(),
+            cache_status: Series::default(),
+            downstream_protocol: Series::default(),
         };
         registry.register(
             "downstream_connections",
@@ -240,26 +255,12 @@ impl Metrics {
             "Configuration reloads by result",
             m.config_reloads_total.clone(),
         );
-        let cache_status = CACHE_STATUSES
-            .iter()
-            .map(|&st| {
-                let c = m
-                    .cache_requests_total
-                    .get_or_create(&vec![("status", st.to_string())])
-                    .clone();
-                (st, c)
-            })
-            .collect();
-        let downstream_protocol = DOWNSTREAM_PROTOCOLS
-            .iter()
-            .map(|&p| {
-                let c = m
-                    .downstream_connections_total
-                    .get_or_create(&vec![("protocol", p.to_string())])
-                    .clone();
-                (p, c)
-            })
-            .collect();
+        let cache_status = Series::new(&m.cache_requests_total, "status", &CACHE_STATUSES);
+        let downstream_protocol = Series::new(
+            &m.downstream_connections_total,
+            "protocol",
+            &DOWNSTREAM_PROTOCOLS,
+        );
         Arc::new(Metrics {
             registry,
             cache_status,

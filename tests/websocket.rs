@@ -44,6 +44,28 @@ fn metric(text: &str, series: &str) -> f64 {
     metric_value(text, series).unwrap_or(0.0)
 }
 
+/// Shuts `gw` down (it must drain within 20 s with the tunnel open) and checks that the
+/// client's WebSocket `c` ends within 10 s.
+async fn shutdown_closes<S>(gw: Gateway, c: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let drained = tokio::time::timeout(Duration::from_secs(20), gw.shutdown())
+        .await
+        .expect("shutdown hung");
+    assert!(drained, "gateway did not drain with a tunnel open");
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match c.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "tunnel still open after shutdown");
+}
+
 /// Runs `SOCKETS` sessions at once; returns every result.
 async fn many_sessions(addr: std::net::SocketAddr) -> Vec<Result<ws::Session, String>> {
     let barrier = Arc::new(tokio::sync::Barrier::new(SOCKETS));
@@ -515,20 +537,7 @@ async fn shutdown_closes_tunnels() {
             let mut c = ws::connect(addr, "app.test", "/ws").await.expect("connect");
             c.send(Message::text("hello")).await.expect("send");
             assert!(matches!(c.next().await, Some(Ok(Message::Text(_)))));
-            let drained = tokio::time::timeout(Duration::from_secs(20), gw.shutdown())
-                .await
-                .expect("shutdown hung");
-            assert!(drained, "gateway did not drain with a tunnel open");
-            let end = tokio::time::timeout(Duration::from_secs(10), async {
-                loop {
-                    match c.next().await {
-                        None | Some(Err(_)) => return,
-                        Some(Ok(_)) => {}
-                    }
-                }
-            })
-            .await;
-            assert!(end.is_ok(), "tunnel still open after shutdown");
+            shutdown_closes(gw, &mut c).await;
         }
         drop(files);
     })
@@ -748,20 +757,7 @@ async fn tunnels_survive_reloads() {
                 new.close(None).await.expect("close");
             }
             assert_eq!(echoed, 15);
-            let drained = tokio::time::timeout(Duration::from_secs(20), gw.shutdown())
-                .await
-                .expect("shutdown hung");
-            assert!(drained, "gateway did not drain with a tunnel open");
-            let end = tokio::time::timeout(Duration::from_secs(10), async {
-                loop {
-                    match old.next().await {
-                        None | Some(Err(_)) => return,
-                        Some(Ok(_)) => {}
-                    }
-                }
-            })
-            .await;
-            assert!(end.is_ok(), "the old socket is still open after shutdown");
+            shutdown_closes(gw, &mut old).await;
         }
         drop(files);
     })
