@@ -54,7 +54,19 @@ where
         .await
         .expect("shutdown hung");
     assert!(drained, "gateway did not drain with a tunnel open");
-    let end = tokio::time::timeout(Duration::from_secs(10), async {
+    assert!(
+        ends_within(c, Duration::from_secs(10)).await,
+        "tunnel still open after shutdown"
+    );
+}
+
+/// Whether the client's WebSocket `c` ends (closed or failed) within `limit`; messages still
+/// arriving are skipped.
+async fn ends_within<S>(c: &mut S, limit: Duration) -> bool
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(limit, async {
         loop {
             match c.next().await {
                 None | Some(Err(_)) => return,
@@ -62,8 +74,8 @@ where
             }
         }
     })
-    .await;
-    assert!(end.is_ok(), "tunnel still open after shutdown");
+    .await
+    .is_ok()
 }
 
 /// Runs `SOCKETS` sessions at once; returns every result.
@@ -398,16 +410,10 @@ async fn idle_tunnels_are_closed() {
             assert_eq!(metric(&metrics(&gw).await, down), 1.0, "{via}");
             // Then silence: the gateway closes it.
             let start = tokio::time::Instant::now();
-            let end = tokio::time::timeout(Duration::from_secs(10), async {
-                loop {
-                    match c.next().await {
-                        None | Some(Err(_)) => return,
-                        Some(Ok(_)) => {}
-                    }
-                }
-            })
-            .await;
-            assert!(end.is_ok(), "{via}: idle tunnel not closed");
+            assert!(
+                ends_within(&mut c, Duration::from_secs(10)).await,
+                "{via}: idle tunnel not closed"
+            );
             assert!(
                 start.elapsed() >= Duration::from_millis(250),
                 "{via}: closed too early"
