@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod coalesce;
 pub mod config;
 pub mod demo;
 pub mod error;

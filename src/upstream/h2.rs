@@ -776,7 +776,9 @@ async fn connect(
     let keepalive = shared.keepalive;
     tokio::spawn(async move {
         let mut last = ctl.max_streams.load(Ordering::Relaxed);
-        let drive = poll_fn(|cx| {
+        // Coalesced: the streams already runnable hand over their frames first, then one
+        // write carries them all (see `crate::coalesce`).
+        let drive = crate::coalesce::coalesce(poll_fn(|cx| {
             let r = Pin::new(&mut conn).poll(cx);
             if settled_tx.is_some() && r.is_pending() && read_any.load(Ordering::Acquire) {
                 if let Some(tx) = settled_tx.take() {
@@ -796,7 +798,7 @@ async fn connect(
                 }
             }
             r
-        });
+        }));
         tokio::pin!(drive);
         let ended = tokio::select! {
             r = &mut drive => Some(r),
