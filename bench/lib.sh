@@ -2,8 +2,14 @@
 # build, a scratch directory and process list cleaned up on exit, the test-kit origin in its own
 # process, and a gateway config in front of it. Source it; it sets bin, dir, pids, oport.
 
-cargo build --release --quiet
-bin=$PWD/target/release/muxgate
+# BIN=path/to/muxgate runs another build instead (an A/B comparison of two commits: build
+# each, copy the binaries aside, run the benchmark with each in turn).
+if [[ -n ${BIN:-} ]]; then
+    bin=$(realpath "$BIN")
+else
+    cargo build --release --quiet
+    bin=$PWD/target/release/muxgate
+fi
 dir=$(mktemp -d)
 pids=()
 cleanup() {
