@@ -204,11 +204,7 @@ impl H2Conn {
         head: Request<()>,
         body: Option<UpBody>,
     ) -> Result<(PendingResponse, Option<PumpGuard>), (h2::Error, Option<UpBody>)> {
-        let mut sender = match self.sender.clone().ready().await {
-            Ok(s) => s,
-            Err(e) => return Err((e, body)),
-        };
-        let (response, stream) = match sender.send_request(head, body.is_none()) {
+        let (response, stream) = match self.open(head, body.is_none()).await {
             Ok(x) => x,
             Err(e) => return Err((e, body)),
         };
@@ -219,11 +215,23 @@ impl H2Conn {
                 body_failed,
             }
         });
+        Ok((response, pump))
+    }
+
+    /// Opens a stream (its HEADERS end the stream when `end_of_stream`). An error here means
+    /// nothing was sent.
+    async fn open(
+        &self,
+        head: Request<()>,
+        end_of_stream: bool,
+    ) -> Result<(PendingResponse, SendStream<Bytes>), h2::Error> {
+        let mut sender = self.sender.clone().ready().await?;
+        let (response, stream) = sender.send_request(head, end_of_stream)?;
         let response = PendingResponse {
             fut: Some(response),
             ctl: self.ctl.clone(),
         };
-        Ok((response, pump))
+        Ok((response, stream))
     }
 
     /// Whether the origin advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` on this connection
@@ -241,13 +249,7 @@ impl H2Conn {
         &self,
         head: Request<()>,
     ) -> Result<(PendingResponse, SendStream<Bytes>), h2::Error> {
-        let mut sender = self.sender.clone().ready().await?;
-        let (response, stream) = sender.send_request(head, false)?;
-        let response = PendingResponse {
-            fut: Some(response),
-            ctl: self.ctl.clone(),
-        };
-        Ok((response, stream))
+        self.open(head, false).await
     }
 
     /// Wraps a response body from this connection (its drop obeys the reset budget).
