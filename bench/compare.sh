@@ -29,7 +29,9 @@
 # req/s, its ratio to the best peer (HAProxy, nghttpx, nginx if run) and to direct, p50/p99,
 # errors (non-2xx + socket errors, summed over repetitions), origin requests/connections/full/
 # resumed TLS handshakes (from the origin's log), peak RSS of the gateway's processes (summed,
-# sampled every 100 ms) and their CPU (utime+stime) per 1,000 requests during the run.
+# sampled every 100 ms) and their CPU (utime+stime) per 1,000 requests during the run, and the
+# nginx origin's CPU per 1,000 requests in the same run (what each gateway costs the origin:
+# connections, handshakes, how it batches its writes).
 #
 # Installs nginx, haproxy, nghttp2-proxy and wrk from Debian packages if missing (their service
 # units are kept from starting; the binaries run here with their own configs in a temp dir).
@@ -141,6 +143,10 @@ def tree(root, t):
 
 if sys.argv[1] == "tree":
     print(" ".join(map(str, tree(int(sys.argv[2]), table()))))
+elif sys.argv[1] == "cpu":
+    # cpu ROOT: utime+stime of ROOT and its descendants so far, in milliseconds
+    t = table()
+    print(round(sum(t[p][1] for p in tree(int(sys.argv[2]), t)) * 1000 / os.sysconf("SC_CLK_TCK")))
 elif sys.argv[1] == "sample":
     # sample ROOT OUT READY: every 100 ms sum the RSS of ROOT and its descendants (peak kept) and
     # remember each process's utime+stime; on SIGTERM take a last sample and write the peak and
@@ -466,7 +472,7 @@ case_spec() {
 for c in $CASES; do case_spec "$c" >/dev/null; done
 
 raw=$work/runs.tsv
-printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\n' >"$raw"
+printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\torigin_cpu_ms_per_1k\n' >"$raw"
 notes=$work/notes.txt
 : >"$notes"
 
@@ -500,8 +506,13 @@ run_one() {
     roots+=("$spid")
     for _ in $(seq 100); do [[ -f $work/sample.ready ]] && break; sleep 0.02; done
   fi
+  local ocpu0 ocpu1
+  ocpu0=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
   out=$(timeout -k 5 $((DUR + 60)) wrk -t"$THREADS" -c"$clients" -d"${DUR}s" --timeout 10s --latency \
     -s "$work/report.lua" "${hargs[@]}" "$url" 2>&1) || status=wrk-failed
+  ocpu1=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
+  local ocpu=-
+  [[ $ocpu0 == - || $ocpu1 == - ]] || ocpu=$((ocpu1 - ocpu0))
   local peak=- cpu=- sys=- errsz=0
   [[ -f $errf ]] && errsz=$(stat -c %s "$errf") # what it logged up to here (not its shutdown)
   if [[ -n $gw_pid ]]; then
@@ -540,22 +551,25 @@ run_one() {
     echo "- rep $rep $cs $g logged $(wc -l <<<"$logged") warning/error lines, e.g.: $(head -3 <<<"$logged" | cut -c1-300 | tr '\n' ' ')" >>"$notes"
   fi
   python3 - "$raw" "$rep" "$cs" "$g" "$status" "$requests" "$duration_us" "$p50_us" "$p99_us" \
-    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" $ostats <<'PY'
+    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" "$ocpu" $ostats <<'PY'
 import sys
-(raw, rep, cs, g, status, req, dur, p50, p99, ec, er, ew, es, et, peak, cpu, sys_ms,
+(raw, rep, cs, g, status, req, dur, p50, p99, ec, er, ew, es, et, peak, cpu, sys_ms, ocpu,
  oreq, conns, full, res, proto) = sys.argv[1:]
 req, dur = int(req), int(dur) / 1e6
 errs = sum(map(int, (ec, er, ew, es, et)))
 detail = f"connect {ec}, read {er}, write {ew}, status {es}, timeout {et}"
 cpu1k = "-" if cpu == "-" or req == 0 else f"{float(cpu) / (req / 1000):.2f}"
 sys_pct = "-" if cpu in ("-", "0") or sys_ms == "-" else f"{100 * float(sys_ms) / float(cpu):.0f}"
+ocpu1k = "-" if ocpu == "-" or req == 0 else f"{float(ocpu) / (req / 1000):.2f}"
 row = [rep, cs, g, status, req, f"{dur:.2f}", f"{req / dur:.0f}", f"{int(p50) / 1000:.2f}",
-       f"{int(p99) / 1000:.2f}", errs, detail, oreq, conns, full, res, proto, peak, cpu, cpu1k, sys_pct]
+       f"{int(p99) / 1000:.2f}", errs, detail, oreq, conns, full, res, proto, peak, cpu, cpu1k, sys_pct,
+       ocpu1k]
 with open(raw, "a") as f:
     f.write("\t".join(map(str, row)) + "\n")
 print(f"{cs} {g}: {req / dur:.0f} req/s, p99 {int(p99) / 1000:.1f} ms, errors {errs}, "
       f"origin conns {conns} (full {full}, resumed {res}, {proto}), peak RSS {peak} KiB, "
-      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys) [{status}]", file=sys.stderr)
+      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys), origin CPU {ocpu1k} ms/1k req [{status}]",
+      file=sys.stderr)
 PY
 }
 
@@ -606,10 +620,11 @@ print("Medians over repetitions. **× best peer**: req/s over the best of "
       "summed over repetitions. Origin columns from the origin's access log for each run "
       "(requests it served, distinct connections, full / resumed TLS handshakes, protocols). "
       "RSS: peak of the gateway's processes summed, sampled every 100 ms. CPU: utime+stime of "
-      "the gateway's processes during the run, per 1,000 requests; sys %: the kernel's share of it.")
+      "the gateway's processes during the run, per 1,000 requests; sys %: the kernel's share of it; "
+      "origin CPU: the same for the nginx origin's processes (what each gateway costs the origin).")
 print()
-print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |")
+print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | origin CPU ms / 1k req | runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |")
 for c in cases:
     by = {}
     for g in gws:
@@ -622,7 +637,7 @@ for c in cases:
     for g in gws:
         if g not in by:
             if g == "nghttpx" and c.startswith("fallback"):
-                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | |")
+                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | |")
             continue
         rs = by[g]
         ok = [r for r in rs if r["status"] == "ok"]
@@ -636,7 +651,8 @@ for c in cases:
         name = f"**{g}**" if g == "muxgate" else g
         print(f"| {c} | {name} | {f('rps', '{:.0f}')} | {ratio} | {rdir} | {f('p50_ms', '{:.2f}')} "
               f"| {f('p99_ms', '{:.1f}')} | {errs} | {f('origin_requests', '{:.0f}')} | {f('conns', '{:.0f}')} "
-              f"| {f('full', '{:.0f}')} | {f('resumed', '{:.0f}')} | {protos} | {rss} | {f('cpu_ms_per_1k', '{:.1f}')} | {f('sys_pct', '{:.0f}')} | {status} |")
+              f"| {f('full', '{:.0f}')} | {f('resumed', '{:.0f}')} | {protos} | {rss} | {f('cpu_ms_per_1k', '{:.1f}')} | {f('sys_pct', '{:.0f}')} "
+              f"| {f('origin_cpu_ms_per_1k', '{:.1f}')} | {status} |")
 PY
   echo
   if [[ -s $notes ]]; then

@@ -36,11 +36,6 @@ async fn get(addr: SocketAddr, path: &str) -> Raw {
 }
 
 /// A loopback port nothing listens on (bound, then released).
-async fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 fn upstream_errors(gw: &Gateway, kind: &str) -> f64 {
     support::metric_value(
         &gw.metrics().render(),
@@ -54,7 +49,7 @@ async fn closed_origin_port_gets_502_naming_the_cause() {
     bounded(30, async {
         let pki = Pki::localhost().expect("pki");
         let files = pki.write().expect("files");
-        let port = closed_port().await;
+        let (_refusing, port) = support::refusing_port();
         for url in [
             format!("https://127.0.0.1:{port}"),
             format!("http://127.0.0.1:{port}"),
@@ -386,7 +381,7 @@ async fn one_failure_counts_once_in_upstream_errors() {
     bounded(30, async {
         let pki = Pki::localhost().expect("pki");
         let files = pki.write().expect("files");
-        let port = closed_port().await;
+        let (_refusing, port) = support::refusing_port();
         let mut counts = Vec::new();
         for url in [
             format!("https://127.0.0.1:{port}"),

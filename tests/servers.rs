@@ -28,11 +28,6 @@ async fn broken_server() -> (u16, Arc<AtomicU64>) {
 }
 
 /// A port with nothing listening.
-async fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_and_a_failing_server_is_ejected() {
     init();
@@ -79,7 +74,7 @@ async fn connections_spread_and_a_failing_server_is_ejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_servers_down_fails_fast() {
     init();
-    let (p1, p2) = (closed_port().await, closed_port().await);
+    let ((_r1, p1), (_r2, p2)) = (refusing_port(), refusing_port());
     let extra =
         format!("servers = [\"127.0.0.1:{p1}\", \"127.0.0.1:{p2}\"]\nconnect_timeout = \"5s\"");
     let toml = gateway_toml(

@@ -45,6 +45,18 @@ pub fn init() {
     });
 }
 
+/// A loopback port that refuses connections for as long as the returned socket lives: bound
+/// but never listening, so the kernel answers a SYN with RST, and no other socket (a gateway's
+/// own ephemeral listener, another test's origin) can take the port meanwhile. A port freed by
+/// dropping a listener could be handed out again at once, which made "closed port" tests
+/// connect to something else now and then.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let port = s.local_addr().expect("addr").port();
+    (s, port)
+}
+
 /// Current open-file soft limit.
 pub fn nofile_soft_limit() -> u64 {
     rlimit::getrlimit(rlimit::Resource::NOFILE)
