@@ -384,6 +384,11 @@ pub struct ClientLimits {
     /// per second (token bucket, burst the same); past it GOAWAY(ENHANCE_YOUR_CALM)
     /// (CVE-2019-9512/9515/9516/9518 floods). Default 100.
     pub h2_max_control_frames_per_sec: u32,
+    /// HTTP/2 clients: WINDOW_UPDATE frames a client may send per DATA frame the gateway sent
+    /// it (over the connection's life, plus 2 per stream and a burst of 100); past it
+    /// GOAWAY(ENHANCE_YOUR_CALM). A client only needs them for what it receives; a flood of them
+    /// costs a core like a PING flood. `0` = no limit. Default 10.
+    pub h2_max_window_updates_per_data_frame: u32,
     /// HTTP/2 clients: send a PING after this long without frames from the client, and close
     /// the connection if the PING is not answered within `h2_keepalive_timeout`. `"0s"` = off.
     /// Default `"60s"`.
@@ -415,6 +420,7 @@ impl Default for ClientLimits {
             h2_max_local_error_reset_streams: 1024,
             h2_max_resets_per_sec: 256,
             h2_max_control_frames_per_sec: 100,
+            h2_max_window_updates_per_data_frame: 10,
             h2_keepalive_interval: secs(60),
             h2_keepalive_timeout: secs(20),
             h2_stream_window: ByteSize(256 * 1024),

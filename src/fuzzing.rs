@@ -263,31 +263,49 @@ fn check_one_line(e: &ConfigError) {
 // fuzz_h2_guard
 // ---------------------------------------------------------------------------------------------
 
-/// `fuzz_h2_guard`: byte 0 and 1 set the control-frame and reset rates (1..=64 per second); the
-/// rest is segments `[len, dt_ms, len bytes…]` of what an HTTP/2 client sends after the preface,
-/// each arriving `dt_ms` after the previous one. Feeds them to [`crate::h2guard::FrameMeter`] as
+/// `fuzz_h2_guard`: byte 0 and 1 set the control-frame and reset rates (1..=64 per second), the
+/// top two bits of byte 0 the WINDOW_UPDATEs allowed per DATA frame sent (0 = no limit); the
+/// rest is segments `[len, flag|dt_ms, len bytes…]` of what an HTTP/2 client sends after the
+/// preface, each arriving `dt_ms` (0..=127) after the previous one — or, with the flag (0x80),
+/// bytes the gateway writes to the client (its frames, counted for the WINDOW_UPDATE limit). Feeds them to [`crate::h2guard::FrameMeter`] as
 /// segments and again byte by byte (same arrival times) and checks: both agree (passed bytes,
 /// verdict, last stream id) — how TCP splits the stream never changes the outcome; a meter
 /// passes at most what it is given, passes nothing once done, and stops early only when done;
 /// an untripped meter passes everything; the GOAWAY it writes is one well-formed frame.
 pub fn h2_guard(data: &[u8]) {
-    use crate::h2guard::{FrameMeter, PREFACE};
+    use crate::h2guard::{FrameMeter, Limits, PREFACE};
     let b = |i: usize| data.get(i).copied().unwrap_or(0);
     let (control, resets) = (1 + u32::from(b(0) % 64), 1 + u32::from(b(1) % 64));
+    // 0 (no limit) to 3 WINDOW_UPDATEs per DATA frame sent; the top bits of the first byte.
+    let window_updates = u32::from(b(0) >> 6);
     let t0 = tokio::time::Instant::now();
-    let mut segments: Vec<(tokio::time::Instant, &[u8])> = vec![(t0, PREFACE)];
+    let mut segments: Vec<(tokio::time::Instant, bool, &[u8])> = vec![(t0, false, PREFACE)];
     let (mut i, mut t) = (2, t0);
     while i + 2 <= data.len() {
         let len = usize::from(data[i]);
-        t += Duration::from_millis(u64::from(data[i + 1]));
+        let sent = data[i + 1] & 0x80 != 0;
+        t += Duration::from_millis(u64::from(data[i + 1] & 0x7f));
         let end = (i + 2 + len).min(data.len());
-        segments.push((t, &data[i + 2..end]));
+        segments.push((t, sent, &data[i + 2..end]));
         i = end;
     }
     let run = |bytewise: bool| {
-        let mut m = FrameMeter::new(control, resets, t0);
+        let limits = Limits {
+            control_per_sec: control,
+            resets_per_sec: resets,
+            window_updates_per_data: window_updates,
+        };
+        let mut m = FrameMeter::new(limits, t0);
         let (mut fed, mut passed) = (0usize, 0usize);
-        for (now, seg) in &segments {
+        for (now, sent, seg) in &segments {
+            if *sent {
+                if bytewise {
+                    seg.chunks(1).for_each(|p| m.feed_sent(p));
+                } else {
+                    m.feed_sent(seg);
+                }
+                continue;
+            }
             let pieces: Vec<&[u8]> = if bytewise {
                 seg.chunks(1).collect()
             } else {
@@ -313,7 +331,13 @@ pub fn h2_guard(data: &[u8]) {
         let len = u32::from_be_bytes([0, g[0], g[1], g[2]]) as usize;
         assert_eq!(len + 9, g.len());
         assert_eq!(g[3], 0x7);
-        (passed, m.tripped(), m.max_stream(), m.done())
+        (
+            passed,
+            m.tripped(),
+            m.max_stream(),
+            m.done(),
+            m.data_frames_sent(),
+        )
     };
     assert_eq!(run(false), run(true));
 }

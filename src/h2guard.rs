@@ -16,6 +16,13 @@
 //! resets every stream just after the gateway accepted it is not counted at all. The meter
 //! counts those frame types against two token buckets per connection.
 //!
+//! WINDOW_UPDATE frames are cheap for h2 as well and unlimited, but a client sends them in
+//! proportion to what it receives, so they are counted against what the gateway sent (as
+//! Envoy's `max_inbound_window_update_frames_per_data_frame_sent` does): at most
+//! `WINDOW_UPDATE_BURST + 2 × (streams opened + h2_max_window_updates_per_data_frame × DATA
+//! frames sent)` over the connection's life. The write side parses the gateway's own frame
+//! headers to count its DATA frames.
+//!
 //! How the connection ends: once a bucket is empty, the reader passes the rest of the offending
 //! frame and then reports end of stream at that frame boundary. h2 treats that as the peer
 //! closing: it fails the connection's streams (cancelling their upstream streams), flushes what
@@ -43,6 +50,10 @@ const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+/// WINDOW_UPDATE frames a client may send before it has received anything (a client enlarges
+/// the connection window at start, some also each stream's).
+pub const WINDOW_UPDATE_BURST: u64 = 100;
 const END_STREAM: u8 = 0x1;
 /// RFC 9113 §7: "The endpoint detected that its peer is exhibiting a behavior that might be
 /// generating excessive load."
@@ -56,6 +67,9 @@ pub enum Flood {
     Control,
     /// RST_STREAM frames past `client.h2_max_resets_per_sec`.
     Reset,
+    /// WINDOW_UPDATE frames past what the DATA the gateway sent can justify
+    /// (`client.h2_max_window_updates_per_data_frame`).
+    WindowUpdate,
 }
 
 impl Flood {
@@ -64,6 +78,7 @@ impl Flood {
         match self {
             Flood::Control => "h2_control_flood",
             Flood::Reset => "h2_reset_flood",
+            Flood::WindowUpdate => "h2_window_update_flood",
         }
     }
 }
@@ -98,6 +113,52 @@ impl Bucket {
     }
 }
 
+/// The `[client]` limits the meter enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `client.h2_max_control_frames_per_sec`.
+    pub control_per_sec: u32,
+    /// `client.h2_max_resets_per_sec`.
+    pub resets_per_sec: u32,
+    /// `client.h2_max_window_updates_per_data_frame` (0: no limit).
+    pub window_updates_per_data: u32,
+}
+
+/// Walks a byte stream of frames (RFC 9113 §4.1) without keeping payloads; counts DATA frames.
+#[derive(Debug, Clone, Default)]
+struct FrameHeaders {
+    header: [u8; 9],
+    header_len: usize,
+    payload_left: usize,
+    data_frames: u64,
+}
+
+impl FrameHeaders {
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len() - i);
+                self.payload_left -= n;
+                i += n;
+                continue;
+            }
+            let n = (9 - self.header_len).min(bytes.len() - i);
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[i..i + n]);
+            self.header_len += n;
+            i += n;
+            if self.header_len == 9 {
+                self.header_len = 0;
+                let h = self.header;
+                self.payload_left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                if h[3] == DATA {
+                    self.data_frames += 1;
+                }
+            }
+        }
+    }
+}
+
 /// Parses the client's byte stream into frame headers (RFC 9113 §4.1) and counts them. Pure:
 /// bytes and `now` in, a verdict out.
 #[derive(Debug, Clone)]
@@ -111,6 +172,14 @@ pub struct FrameMeter {
     resets: Bucket,
     /// Highest client stream id seen on HEADERS (the GOAWAY's last-stream-id).
     max_stream: u32,
+    /// HEADERS frames received (streams opened, trailers included).
+    headers: u64,
+    /// WINDOW_UPDATE frames received.
+    window_updates: u64,
+    /// Allowed WINDOW_UPDATE frames per DATA frame sent (0: no limit).
+    window_updates_per_data: u64,
+    /// The gateway's own frames, parsed as they are written: DATA frames counted.
+    sent: FrameHeaders,
     /// Set when a limit is crossed; the stream ends after the current frame.
     tripped: Option<Flood>,
     /// The offending frame has been passed through entirely.
@@ -119,15 +188,19 @@ pub struct FrameMeter {
 
 impl FrameMeter {
     /// A meter for a connection whose first bytes are the client preface.
-    pub fn new(control_per_sec: u32, resets_per_sec: u32, now: Instant) -> FrameMeter {
+    pub fn new(limits: Limits, now: Instant) -> FrameMeter {
         FrameMeter {
             preface_left: PREFACE.len(),
             header: [0; 9],
             header_len: 0,
             payload_left: 0,
-            control: Bucket::new(control_per_sec, now),
-            resets: Bucket::new(resets_per_sec, now),
+            control: Bucket::new(limits.control_per_sec, now),
+            resets: Bucket::new(limits.resets_per_sec, now),
             max_stream: 0,
+            headers: 0,
+            window_updates: 0,
+            window_updates_per_data: u64::from(limits.window_updates_per_data),
+            sent: FrameHeaders::default(),
             tripped: None,
             done: false,
         }
@@ -187,7 +260,20 @@ impl FrameMeter {
         let verdict = match kind {
             HEADERS => {
                 self.max_stream = self.max_stream.max(stream);
+                self.headers += 1;
                 None
+            }
+            WINDOW_UPDATE if self.window_updates_per_data > 0 => {
+                self.window_updates += 1;
+                let allowed = WINDOW_UPDATE_BURST.saturating_add(
+                    2u64.saturating_mul(
+                        self.headers.saturating_add(
+                            self.window_updates_per_data
+                                .saturating_mul(self.sent.data_frames),
+                        ),
+                    ),
+                );
+                (self.window_updates > allowed).then_some(Flood::WindowUpdate)
             }
             PING | SETTINGS | PRIORITY => (!self.control.take(now)).then_some(Flood::Control),
             // CVE-2019-9518: empty frames cost a wake-up each and carry nothing.
@@ -203,6 +289,16 @@ impl FrameMeter {
         if self.tripped.is_some() && self.payload_left == 0 {
             self.done = true;
         }
+    }
+
+    /// Feeds bytes the gateway wrote to the client (its frames, from the first byte on).
+    pub fn feed_sent(&mut self, bytes: &[u8]) {
+        self.sent.feed(bytes);
+    }
+
+    /// DATA frames the gateway has sent.
+    pub fn data_frames_sent(&self) -> u64 {
+        self.sent.data_frames
     }
 
     /// GOAWAY(last-stream-id, ENHANCE_YOUR_CALM) with a short debug text (RFC 9113 §6.8).
@@ -261,11 +357,11 @@ pub struct Guarded<S> {
 
 impl<S> Guarded<S> {
     /// Wraps `inner`, whose first bytes are the client preface.
-    pub fn new(inner: S, control_per_sec: u32, resets_per_sec: u32) -> (Guarded<S>, Arc<Alarm>) {
+    pub fn new(inner: S, limits: Limits) -> (Guarded<S>, Arc<Alarm>) {
         let alarm = Arc::new(Alarm::default());
         let g = Guarded {
             inner,
-            meter: FrameMeter::new(control_per_sec, resets_per_sec, Instant::now()),
+            meter: FrameMeter::new(limits, Instant::now()),
             alarm: alarm.clone(),
             goaway: None,
         };
@@ -308,7 +404,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.meter.feed_sent(&buf[..n.min(buf.len())]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -316,7 +415,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let n = std::task::ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        // The first `n` bytes across the slices were written.
+        let mut left = n;
+        for b in bufs {
+            if left == 0 {
+                break;
+            }
+            let k = left.min(b.len());
+            this.meter.feed_sent(&b[..k]);
+            left -= k;
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -450,6 +561,14 @@ pub async fn sniff_preface<S: AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
+    fn limits(control_per_sec: u32, resets_per_sec: u32) -> Limits {
+        Limits {
+            control_per_sec,
+            resets_per_sec,
+            window_updates_per_data: 10,
+        }
+    }
+
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
         f.extend_from_slice(&[kind, flags]);
@@ -461,7 +580,7 @@ mod tests {
     #[test]
     fn ping_flood_trips_after_the_burst_at_a_frame_boundary() {
         let now = Instant::now();
-        let mut m = FrameMeter::new(10, 100, now);
+        let mut m = FrameMeter::new(limits(10, 100), now);
         let mut bytes = PREFACE.to_vec();
         bytes.extend(frame(HEADERS, 0x4, 5, &[0x82]));
         for _ in 0..20 {
@@ -488,7 +607,7 @@ mod tests {
     #[test]
     fn tokens_refill_with_time() {
         let t0 = Instant::now();
-        let mut m = FrameMeter::new(10, 10, t0);
+        let mut m = FrameMeter::new(limits(10, 10), t0);
         m.feed(PREFACE, t0);
         let ping = frame(PING, 0, 0, &[0; 8]);
         for s in 0..100u64 {
@@ -502,7 +621,7 @@ mod tests {
     #[test]
     fn resets_and_empty_data_count() {
         let now = Instant::now();
-        let mut m = FrameMeter::new(10, 3, now);
+        let mut m = FrameMeter::new(limits(10, 3), now);
         m.feed(PREFACE, now);
         for id in [1u32, 3, 5] {
             m.feed(&frame(RST_STREAM, 0, id, &[0, 0, 0, 8]), now);
@@ -514,7 +633,7 @@ mod tests {
         assert_eq!(m.tripped(), Some(Flood::Reset));
         assert!(m.done());
 
-        let mut m = FrameMeter::new(10, 3, now);
+        let mut m = FrameMeter::new(limits(10, 3), now);
         m.feed(PREFACE, now);
         let mut bytes = Vec::new();
         for _ in 0..11 {
@@ -523,5 +642,59 @@ mod tests {
         bytes.extend(frame(DATA, END_STREAM, 1, &[]));
         assert_eq!(m.feed(&bytes, now), 11 * 9);
         assert_eq!(m.tripped(), Some(Flood::Control));
+    }
+
+    fn window_update(stream: u32) -> Vec<u8> {
+        frame(WINDOW_UPDATE, 0, stream, &1u32.to_be_bytes())
+    }
+
+    #[test]
+    fn window_updates_are_bounded_by_the_data_sent() {
+        let now = Instant::now();
+        let mut m = FrameMeter::new(limits(100, 100), now);
+        m.feed(PREFACE, now);
+        // Two streams: allowance 100 + 2 * 2 = 104 before anything was sent.
+        m.feed(&frame(HEADERS, 0x5, 1, &[0x82]), now);
+        m.feed(&frame(HEADERS, 0x5, 3, &[0x82]), now);
+        for _ in 0..104 {
+            m.feed(&window_update(0), now);
+        }
+        assert_eq!(m.tripped(), None);
+        // The gateway sends 5 DATA frames (written in odd pieces): +2 * 10 * 5 = 100 more.
+        let mut sent = Vec::new();
+        for _ in 0..5 {
+            sent.extend(frame(DATA, 0, 1, &[7; 1000]));
+        }
+        sent.extend(frame(HEADERS, 0x4, 3, &[0x88]));
+        for piece in sent.chunks(333) {
+            m.feed_sent(piece);
+        }
+        assert_eq!(m.data_frames_sent(), 5);
+        for _ in 0..100 {
+            m.feed(&window_update(1), now);
+        }
+        assert_eq!(m.tripped(), None);
+        let wu = window_update(0);
+        assert_eq!(m.feed(&wu, now), wu.len());
+        assert_eq!(m.tripped(), Some(Flood::WindowUpdate));
+        assert!(m.done());
+        assert_eq!(m.goaway()[17..], *b"h2_window_update_flood");
+    }
+
+    #[test]
+    fn window_updates_are_unlimited_with_zero() {
+        let now = Instant::now();
+        let mut m = FrameMeter::new(
+            Limits {
+                window_updates_per_data: 0,
+                ..limits(100, 100)
+            },
+            now,
+        );
+        m.feed(PREFACE, now);
+        for _ in 0..10_000 {
+            m.feed(&window_update(0), now);
+        }
+        assert_eq!(m.tripped(), None);
     }
 }

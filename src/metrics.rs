@@ -34,7 +34,7 @@ pub struct Metrics {
     pub downstream_refused_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/2 client
     /// connections the gateway closed with a GOAWAY error, e.g. `h2_control_flood`,
-    /// `h2_reset_flood`, `h2_enhance_your_calm`, `h2_protocol_error`)
+    /// `h2_reset_flood`, `h2_window_update_flood`, `h2_enhance_your_calm`, `h2_protocol_error`)
     pub downstream_closed_total: Family<Labels, Counter>,
     /// `muxgate_upstream_connections_total{origin,protocol}`
     pub upstream_connections_total: Family<Labels, Counter>,

@@ -243,8 +243,11 @@ where
     let limits = live.limits.load_full();
     let (io, alarm) = Guarded::new(
         io,
-        limits.h2_max_control_frames_per_sec,
-        limits.h2_max_resets_per_sec,
+        h2guard::Limits {
+            control_per_sec: limits.h2_max_control_frames_per_sec,
+            resets_per_sec: limits.h2_max_resets_per_sec,
+            window_updates_per_data: limits.h2_max_window_updates_per_data_frame,
+        },
     );
     let svc = service_fn(move |req| {
         let proxy = live.proxy.load_full();

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
 const REFUSED_STREAM: u32 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// How long a hostile connection may take to be closed.
@@ -1023,6 +1024,60 @@ async fn hostile_empty_data_flood() {
 
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
+    assert!(s.gw.shutdown().await);
+}
+
+/// WINDOW_UPDATE flood: frames a client sends only for what it receives, counted against the
+/// DATA frames the gateway sent it (`h2_max_window_updates_per_data_frame`); a flood gets
+/// GOAWAY(ENHANCE_YOUR_CALM). A client with a 1 KiB stream window, which sends about one
+/// WINDOW_UPDATE per DATA frame, downloads 256 KiB untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_window_update_flood() {
+    let _g = support::serial().await;
+    let s = setup("").await;
+    let addr = s.gw.tls_addrs[0];
+    let legit = Legit::start(addr, &s.pki).await;
+    let before = origin_snapshot(&s.origin);
+
+    // A chatty but legitimate client: tiny stream window, capacity released per DATA frame.
+    let tls = tls_connect(addr, &s.pki, &[b"h2"]).await;
+    let (small, conn) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    for _ in 0..3 {
+        let r = get(&small, "/bytes/262144").await.expect("download");
+        assert_eq!((r.status, r.body.len()), (StatusCode::OK, 262_144));
+    }
+
+    let mut raw = Raw::connect(addr, &s.pki).await;
+    let one = frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes());
+    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 50).collect();
+    let sent = flood(&mut raw, &chunk, 100_000).await;
+    assert!(
+        wait_closed(&raw).await,
+        "still open after {sent} × 50 WINDOW_UPDATEs"
+    );
+    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+
+    // The chatty client's connection is still in service.
+    let r = get(&small, "/bytes/65536").await.expect("after the flood");
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 65_536));
+    legit.finish().await;
+    assert_eq!(origin_snapshot(&s.origin), before);
+    let m = metrics(&s.gw);
+    assert_eq!(
+        metric_value(
+            &m,
+            "muxgate_downstream_connections_closed_total{reason=\"h2_window_update_flood\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
     assert!(s.gw.shutdown().await);
 }
 
