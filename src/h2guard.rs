@@ -124,38 +124,39 @@ pub struct Limits {
     pub window_updates_per_data: u32,
 }
 
-/// Walks a byte stream of frames (RFC 9113 §4.1) without keeping payloads; counts DATA frames.
+/// Walks a byte stream of frames (RFC 9113 §4.1) piece by piece, however it is split, keeping
+/// only the 9-byte frame headers.
 #[derive(Debug, Clone, Default)]
-struct FrameHeaders {
+struct FrameWalker {
     header: [u8; 9],
     header_len: usize,
     payload_left: usize,
-    data_frames: u64,
 }
 
-impl FrameHeaders {
-    fn feed(&mut self, bytes: &[u8]) {
-        let mut i = 0;
-        while i < bytes.len() {
-            if self.payload_left > 0 {
-                let n = self.payload_left.min(bytes.len() - i);
-                self.payload_left -= n;
-                i += n;
-                continue;
-            }
-            let n = (9 - self.header_len).min(bytes.len() - i);
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[i..i + n]);
-            self.header_len += n;
-            i += n;
-            if self.header_len == 9 {
-                self.header_len = 0;
-                let h = self.header;
-                self.payload_left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-                if h[3] == DATA {
-                    self.data_frames += 1;
-                }
-            }
+impl FrameWalker {
+    /// Consumes the start of `bytes` up to the end of the current header or payload; returns
+    /// how many bytes that was and the frame header if one just completed.
+    fn step(&mut self, bytes: &[u8]) -> (usize, Option<[u8; 9]>) {
+        if self.payload_left > 0 {
+            let n = self.payload_left.min(bytes.len());
+            self.payload_left -= n;
+            return (n, None);
         }
+        let n = (9 - self.header_len).min(bytes.len());
+        self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+        self.header_len += n;
+        if self.header_len < 9 {
+            return (n, None);
+        }
+        self.header_len = 0;
+        let h = self.header;
+        self.payload_left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        (n, Some(h))
+    }
+
+    /// Inside a frame's payload.
+    fn in_payload(&self) -> bool {
+        self.payload_left > 0
     }
 }
 
@@ -165,9 +166,8 @@ impl FrameHeaders {
 pub struct FrameMeter {
     /// Preface bytes still to skip (0 once past it).
     preface_left: usize,
-    header: [u8; 9],
-    header_len: usize,
-    payload_left: usize,
+    /// The client's frames.
+    walker: FrameWalker,
     control: Bucket,
     resets: Bucket,
     /// Highest client stream id seen on HEADERS (the GOAWAY's last-stream-id).
@@ -178,8 +178,10 @@ pub struct FrameMeter {
     window_updates: u64,
     /// Allowed WINDOW_UPDATE frames per DATA frame sent (0: no limit).
     window_updates_per_data: u64,
-    /// The gateway's own frames, parsed as they are written: DATA frames counted.
-    sent: FrameHeaders,
+    /// The gateway's own frames, walked as they are written.
+    sent: FrameWalker,
+    /// DATA frames among them.
+    data_sent: u64,
     /// Set when a limit is crossed; the stream ends after the current frame.
     tripped: Option<Flood>,
     /// The offending frame has been passed through entirely.
@@ -191,16 +193,15 @@ impl FrameMeter {
     pub fn new(limits: Limits, now: Instant) -> FrameMeter {
         FrameMeter {
             preface_left: PREFACE.len(),
-            header: [0; 9],
-            header_len: 0,
-            payload_left: 0,
+            walker: FrameWalker::default(),
             control: Bucket::new(limits.control_per_sec, now),
             resets: Bucket::new(limits.resets_per_sec, now),
             max_stream: 0,
             headers: 0,
             window_updates: 0,
             window_updates_per_data: u64::from(limits.window_updates_per_data),
-            sent: FrameHeaders::default(),
+            sent: FrameWalker::default(),
+            data_sent: 0,
             tripped: None,
             done: false,
         }
@@ -230,33 +231,27 @@ impl FrameMeter {
                 let n = self.preface_left.min(bytes.len() - i);
                 self.preface_left -= n;
                 i += n;
-            } else if self.payload_left > 0 {
-                let n = self.payload_left.min(bytes.len() - i);
-                self.payload_left -= n;
-                i += n;
-                if self.payload_left == 0 && self.tripped.is_some() {
+                continue;
+            }
+            let in_payload = self.walker.in_payload();
+            let (n, header) = self.walker.step(&bytes[i..]);
+            i += n;
+            match header {
+                Some(h) => self.on_header(h, now),
+                // The offending frame's payload has been passed on.
+                None if in_payload && !self.walker.in_payload() && self.tripped.is_some() => {
                     self.done = true;
                 }
-            } else {
-                let n = (9 - self.header_len).min(bytes.len() - i);
-                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[i..i + n]);
-                self.header_len += n;
-                i += n;
-                if self.header_len == 9 {
-                    self.header_len = 0;
-                    self.on_header(now);
-                }
+                None => {}
             }
         }
         i
     }
 
-    fn on_header(&mut self, now: Instant) {
-        let h = self.header;
+    fn on_header(&mut self, h: [u8; 9], now: Instant) {
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
         let (kind, flags) = (h[3], h[4]);
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-        self.payload_left = len;
         let verdict = match kind {
             HEADERS => {
                 self.max_stream = self.max_stream.max(stream);
@@ -265,14 +260,11 @@ impl FrameMeter {
             }
             WINDOW_UPDATE if self.window_updates_per_data > 0 => {
                 self.window_updates += 1;
-                let allowed = WINDOW_UPDATE_BURST.saturating_add(
-                    2u64.saturating_mul(
-                        self.headers.saturating_add(
-                            self.window_updates_per_data
-                                .saturating_mul(self.sent.data_frames),
-                        ),
+                let allowed = WINDOW_UPDATE_BURST.saturating_add(2u64.saturating_mul(
+                    self.headers.saturating_add(
+                        self.window_updates_per_data.saturating_mul(self.data_sent),
                     ),
-                );
+                ));
                 (self.window_updates > allowed).then_some(Flood::WindowUpdate)
             }
             PING | SETTINGS | PRIORITY => (!self.control.take(now)).then_some(Flood::Control),
@@ -286,19 +278,26 @@ impl FrameMeter {
         if self.tripped.is_none() {
             self.tripped = verdict;
         }
-        if self.tripped.is_some() && self.payload_left == 0 {
+        if self.tripped.is_some() && !self.walker.in_payload() {
             self.done = true;
         }
     }
 
     /// Feeds bytes the gateway wrote to the client (its frames, from the first byte on).
     pub fn feed_sent(&mut self, bytes: &[u8]) {
-        self.sent.feed(bytes);
+        let mut i = 0;
+        while i < bytes.len() {
+            let (n, header) = self.sent.step(&bytes[i..]);
+            i += n;
+            if header.is_some_and(|h| h[3] == DATA) {
+                self.data_sent += 1;
+            }
+        }
     }
 
     /// DATA frames the gateway has sent.
     pub fn data_frames_sent(&self) -> u64 {
-        self.sent.data_frames
+        self.data_sent
     }
 
     /// GOAWAY(last-stream-id, ENHANCE_YOUR_CALM) with a short debug text (RFC 9113 §6.8).
