@@ -363,6 +363,18 @@ async fn wait_closed(raw: &Raw) -> bool {
     support::wait_until(CLOSE_WAIT, || raw.is_closed()).await
 }
 
+/// Sends `one` frame over and over (50 per write) until the gateway closes the connection, and
+/// checks that it closed with GOAWAY(ENHANCE_YOUR_CALM).
+async fn flood_until_calm(raw: &mut Raw, one: &[u8], what: &str) {
+    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 50).collect();
+    let sent = flood(raw, &chunk, 100_000).await;
+    assert!(
+        wait_closed(raw).await,
+        "still open after {sent} × 50 {what}"
+    );
+    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+}
+
 fn metrics(gw: &Gateway) -> String {
     gw.metrics().render()
 }
@@ -928,14 +940,7 @@ async fn hostile_ping_flood() {
     let before = origin_snapshot(&s.origin);
 
     let mut raw = Raw::connect(addr, &s.pki).await;
-    let ping = frame(PING, 0, 0, &[7; 8]);
-    let chunk: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 50).collect();
-    let sent = flood(&mut raw, &chunk, 100_000).await;
-    assert!(
-        wait_closed(&raw).await,
-        "still open after {sent} × 50 PINGs"
-    );
-    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+    flood_until_calm(&mut raw, &frame(PING, 0, 0, &[7; 8]), "PINGs").await;
     // Default 100 per second: cut off within a few hundred, not after the whole flood.
     let acks = raw
         .seen
@@ -971,13 +976,7 @@ async fn hostile_settings_flood() {
 
     let mut raw = Raw::connect(addr, &s.pki).await;
     let one = frame(SETTINGS, 0, 0, &[0, 0x4, 0, 1, 0, 0]);
-    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 50).collect();
-    let sent = flood(&mut raw, &chunk, 100_000).await;
-    assert!(
-        wait_closed(&raw).await,
-        "still open after {sent} × 50 SETTINGS"
-    );
-    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+    flood_until_calm(&mut raw, &one, "SETTINGS").await;
     let acks = raw
         .seen
         .lock()
@@ -1008,19 +1007,7 @@ async fn hostile_empty_data_flood() {
     block.extend_from_slice(&[0x01, 9]);
     block.extend_from_slice(b"localhost");
     assert!(raw.send(&frame(HEADERS, END_HEADERS, 1, &block)).await);
-    let empty = frame(DATA, 0, 1, &[]);
-    let chunk: Vec<u8> = empty
-        .iter()
-        .copied()
-        .cycle()
-        .take(empty.len() * 50)
-        .collect();
-    let sent = flood(&mut raw, &chunk, 100_000).await;
-    assert!(
-        wait_closed(&raw).await,
-        "still open after {sent} × 50 empty DATA"
-    );
-    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+    flood_until_calm(&mut raw, &frame(DATA, 0, 1, &[]), "empty DATA").await;
 
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
@@ -1056,13 +1043,7 @@ async fn hostile_window_update_flood() {
 
     let mut raw = Raw::connect(addr, &s.pki).await;
     let one = frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes());
-    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 50).collect();
-    let sent = flood(&mut raw, &chunk, 100_000).await;
-    assert!(
-        wait_closed(&raw).await,
-        "still open after {sent} × 50 WINDOW_UPDATEs"
-    );
-    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+    flood_until_calm(&mut raw, &one, "WINDOW_UPDATEs").await;
 
     // The chatty client's connection is still in service.
     let r = get(&small, "/bytes/65536").await.expect("after the flood");
