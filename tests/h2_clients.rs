@@ -161,6 +161,13 @@ async fn exchange(h2: &H2, req: Request<()>, body: &[u8]) -> Result<H2Resp, h2::
         .unwrap_or_else(|_| Err(h2::Error::from(h2::Reason::CANCEL)))
 }
 
+/// GET /headers with a `Host` header beside the `:authority`.
+fn get_with_host(host: &str) -> Request<()> {
+    let mut r = req(Method::GET, "/headers");
+    r.headers_mut().insert("host", host.parse().unwrap());
+    r
+}
+
 fn req(method: Method, path: &str) -> Request<()> {
     Request::builder()
         .method(method)
@@ -379,6 +386,13 @@ fn metrics(gw: &Gateway) -> String {
     gw.metrics().render()
 }
 
+/// Exactly one client connection was closed for `reason`.
+fn assert_closed_once(gw: &Gateway, reason: &str) {
+    let m = metrics(gw);
+    let series = format!("muxgate_downstream_connections_closed_total{{reason=\"{reason}\"}}");
+    assert_eq!(metric_value(&m, &series), Some(1.0), "{m}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Legitimate HTTP/2 clients
 // ---------------------------------------------------------------------------------------------
@@ -544,31 +558,21 @@ async fn h2c_refused_when_disabled() {
 async fn authority_host_mismatch_is_400() {
     let s = setup("").await;
     let h2 = h2_tls(s.gw.tls_addrs[0], &s.pki).await;
-    let mut bad = req(Method::GET, "/headers");
-    bad.headers_mut()
-        .insert("host", "evil.example".parse().unwrap());
+    let bad = get_with_host("evil.example");
     let r = exchange(&h2, bad, b"").await.unwrap();
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains(":authority and Host differ"));
     assert!(r.headers.get("connection").is_none());
-    let mut other_port = req(Method::GET, "/headers");
-    other_port
-        .headers_mut()
-        .insert("host", "localhost:8443".parse().unwrap());
+    let other_port = get_with_host("localhost:8443");
     let r = exchange(&h2, other_port, b"").await.unwrap();
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
 
     // `https://localhost` and `localhost:443` are the same entity.
-    let mut default_port = req(Method::GET, "/headers");
-    default_port
-        .headers_mut()
-        .insert("host", "localhost:443".parse().unwrap());
+    let default_port = get_with_host("localhost:443");
     let r = exchange(&h2, default_port, b"").await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
-    let mut same = req(Method::GET, "/headers");
-    same.headers_mut()
-        .insert("host", "LocalHost".parse().unwrap());
+    let same = get_with_host("LocalHost");
     let r = exchange(&h2, same, b"").await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -880,15 +884,7 @@ async fn hostile_reset_of_accepted_streams() {
 
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
-    let m = metrics(&s.gw);
-    assert_eq!(
-        metric_value(
-            &m,
-            "muxgate_downstream_connections_closed_total{reason=\"h2_reset_flood\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_closed_once(&s.gw, "h2_reset_flood");
     assert!(s.gw.shutdown().await);
 }
 
@@ -953,15 +949,7 @@ async fn hostile_ping_flood() {
 
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
-    let m = metrics(&s.gw);
-    assert_eq!(
-        metric_value(
-            &m,
-            "muxgate_downstream_connections_closed_total{reason=\"h2_control_flood\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_closed_once(&s.gw, "h2_control_flood");
     assert!(s.gw.shutdown().await);
 }
 
@@ -1050,15 +1038,7 @@ async fn hostile_window_update_flood() {
     assert_eq!((r.status, r.body.len()), (StatusCode::OK, 65_536));
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
-    let m = metrics(&s.gw);
-    assert_eq!(
-        metric_value(
-            &m,
-            "muxgate_downstream_connections_closed_total{reason=\"h2_window_update_flood\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_closed_once(&s.gw, "h2_window_update_flood");
     assert!(s.gw.shutdown().await);
 }
 
