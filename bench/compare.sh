@@ -41,10 +41,14 @@
 # Usage: bench/compare.sh
 #   DUR=10 REPS=3        seconds per run, repetitions (DUR=5 REPS=1 for a quick look)
 #   CASES="ka-c200 ..."  subset of cases            GATEWAYS="muxgate haproxy ..." subset/order
-#   THREADS=$(nproc)     wrk threads, HAProxy nbthread, nghttpx workers (muxgate: one runtime
-#                        worker per core, its default)
+#   THREADS=$(nproc)     wrk threads
+#   GW_THREADS=$THREADS  gateway threads: HAProxy nbthread, nghttpx workers, muxgate `workers`
 #   ORIGIN_WORKERS=auto  nginx origin worker_processes
 #   EXTRA_MUXGATE='min_connections = 2'   extra TOML lines for muxgate's [[origins]] table
+#   BIN_B=path/to/muxgate  adds gateway "muxgate-b": another build (or, with EXTRA_MUXGATE_B,
+#                        other settings) beside this one in the same run, for A/B comparisons:
+#                        GATEWAYS="muxgate muxgate-b haproxy" BIN_B=/tmp/muxgate-old
+#   EXTRA_MUXGATE_B=...  extra top-level TOML lines for muxgate-b only (e.g. 'workers = 1')
 #   OUT=path.md          where to write the report (default bench/results/compare-<date>.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +59,7 @@ REPS=${REPS:-3}
 CASES=${CASES:-"ka-c50 ka-c200 ka-c1000 close-c50 ka-c200-100k fallback-c200 hit-c200"}
 GATEWAYS=${GATEWAYS:-"muxgate haproxy nghttpx direct"}
 THREADS=${THREADS:-$(nproc)}
+GW_THREADS=${GW_THREADS:-$THREADS}
 ORIGIN_WORKERS=${ORIGIN_WORKERS:-auto}
 EXTRA_MUXGATE=${EXTRA_MUXGATE:-}
 SNI=origin.test
@@ -95,6 +100,7 @@ done
 log "building muxgate (release)"
 cargo build --release --quiet
 bin=$root_dir/target/release/muxgate
+bin_b=$(realpath "${BIN_B:-$bin}")
 
 # Open files: 1,000 clients plus the gateways' and origin's own sockets.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -308,7 +314,8 @@ declare -A gport
 for g in $GATEWAYS; do
   case $g in
     muxgate | haproxy | nghttpx | nginx | direct) ;;
-    *) die "unknown gateway '$g' (muxgate haproxy nghttpx nginx direct)" ;;
+    muxgate-b) [[ -x ${BIN_B:-$root_dir/target/release/muxgate} ]] || die "BIN_B is not an executable" ;;
+    *) die "unknown gateway '$g' (muxgate muxgate-b haproxy nghttpx nginx direct)" ;;
   esac
   gport[$g]=$(free_port)
 done
@@ -320,6 +327,7 @@ write_configs() {
   mkdir -p "$d"
   cat >"$d/muxgate.toml" <<TOML
 listen = ["127.0.0.1:${gport[muxgate]:-0}"]
+workers = $GW_THREADS
 [admin]
 listen = ""
 [client]
@@ -334,8 +342,14 @@ tls_ca = "$CA"
 $EXTRA_MUXGATE
 TOML
   local hap_cache="" hap_cache_use="" ngx_cache_path="" ngx_cache=""
+  # muxgate-b: the same file on its own port, with its extra top-level lines (a key they set
+  # is dropped from the copy).
+  local drop=() k
+  for k in $(sed -n 's/^\([a-z_]*\) *=.*/\1/p' <<<"${EXTRA_MUXGATE_B:-}"); do drop+=(-e "/^$k *=/d"); done
+  { printf '%s\n' "${EXTRA_MUXGATE_B:-}"
+    sed "${drop[@]}" -e "s/127.0.0.1:${gport[muxgate]:-0}\"/127.0.0.1:${gport[muxgate-b]:-0}\"/" "$d/muxgate.toml"; } >"$d/muxgate-b.toml"
   if [[ $cache == cache ]]; then
-    printf '[cache]\nenabled = true\n' >>"$d/muxgate.toml"
+    printf '[cache]\nenabled = true\n' | tee -a "$d/muxgate-b.toml" >>"$d/muxgate.toml"
     hap_cache=$'cache c\n  total-max-size 64\n  max-object-size 1048576\n  max-age 3600'
     hap_cache_use=$'  http-request cache-use c\n  http-response cache-store c'
     ngx_cache_path="proxy_cache_path $d/nginx/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=1h use_temp_path=off;"
@@ -343,7 +357,7 @@ TOML
   fi
   cat >"$d/haproxy.cfg" <<HAP
 global
-  nbthread $THREADS
+  nbthread $GW_THREADS
   maxconn $((NOFILE / 2 - 200))
   ssl-server-verify required
 defaults
@@ -366,7 +380,7 @@ HAP
 frontend=127.0.0.1,${gport[nghttpx]:-0};no-tls
 backend=127.0.0.1,$op;;proto=h2;tls;sni=$SNI
 cacert=$CA
-workers=$THREADS
+workers=$GW_THREADS
 rlimit-nofile=$NOFILE
 log-level=WARN
 no-via=yes
@@ -374,7 +388,7 @@ NGX
   mkdir -p "$d/nginx"
   cat >"$d/nginx/nginx.conf" <<NGINX
 user root;
-worker_processes $THREADS;
+worker_processes $GW_THREADS;
 worker_rlimit_nofile $NOFILE;
 pid $d/nginx/nginx.pid;
 error_log stderr warn;
@@ -408,6 +422,8 @@ http {
 NGINX
   [[ -z ${gport[muxgate]:-} ]] || "$bin" check -c "$d/muxgate.toml" >/dev/null \
     || die "muxgate rejected $d/muxgate.toml"
+  [[ -z ${gport[muxgate-b]:-} ]] || "$bin_b" check -c "$d/muxgate-b.toml" >/dev/null \
+    || die "muxgate-b rejected $d/muxgate-b.toml"
   [[ -z ${gport[haproxy]:-} ]] || haproxy -c -q -f "$d/haproxy.cfg" \
     || die "haproxy rejected $d/haproxy.cfg"
   [[ -z ${gport[nginx]:-} ]] || nginx -t -q -e stderr -p "$d/nginx/" -c "$d/nginx/nginx.conf" \
@@ -424,6 +440,7 @@ start_gateway() {
   case $g in
     direct) return 0 ;;
     muxgate) RUST_LOG=warn "$bin" -c "$d/muxgate.toml" 2>"$errf" & ;;
+    muxgate-b) RUST_LOG=warn "$bin_b" -c "$d/muxgate-b.toml" 2>"$errf" & ;;
     haproxy) haproxy -db -f "$d/haproxy.cfg" >"$errf" 2>&1 & ;;
     nghttpx) nghttpx --conf="$d/nghttpx.conf" >"$errf" 2>&1 & ;;
     nginx) nginx -e stderr -p "$d/nginx/" -c "$d/nginx/nginx.conf" -g 'daemon off;' 2>"$errf" & ;;
@@ -472,7 +489,7 @@ case_spec() {
 for c in $CASES; do case_spec "$c" >/dev/null; done
 
 raw=$work/runs.tsv
-printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\torigin_cpu_ms_per_1k\n' >"$raw"
+printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\torigin_cpu_ms_per_1k\twrk_cpu_ms_per_1k\tidle_pct\n' >"$raw"
 notes=$work/notes.txt
 : >"$notes"
 
@@ -506,11 +523,24 @@ run_one() {
     roots+=("$spid")
     for _ in $(seq 100); do [[ -f $work/sample.ready ]] && break; sleep 0.02; done
   fi
-  local ocpu0 ocpu1
+  local ocpu0 ocpu1 stat0 stat1
   ocpu0=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
-  out=$(timeout -k 5 $((DUR + 60)) wrk -t"$THREADS" -c"$clients" -d"${DUR}s" --timeout 10s --latency \
+  stat0=$(head -1 /proc/stat)
+  # wrk under a shell whose `times` reports wrk's own CPU (the children's line, printed last).
+  out=$(timeout -k 5 $((DUR + 60)) bash -c 'wrk "$@" 2>&1; rc=$?; times; exit $rc' wrk \
+    -t"$THREADS" -c"$clients" -d"${DUR}s" --timeout 10s --latency \
     -s "$work/report.lua" "${hargs[@]}" "$url" 2>&1) || status=wrk-failed
+  stat1=$(head -1 /proc/stat)
   ocpu1=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
+  # The machine's idle share during the load (all cores; idle + iowait jiffies).
+  local idle
+  idle=$(awk -v a="$stat0" -v b="$stat1" 'BEGIN { n = split(a, x, " "); split(b, y, " ")
+    for (i = 2; i <= n; i++) { t += y[i] - x[i]; if (i == 5 || i == 6) d += y[i] - x[i] }
+    printf "%.0f", t ? 100 * d / t : 0 }')
+  # wrk's CPU in ms: the last line of `times` ("0m1.230s 0m0.450s").
+  local wcpu
+  wcpu=$(tail -1 <<<"$out" | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); s += p[1] * 60 + p[2] }
+    printf "%.0f", s * 1000 }')
   local ocpu=-
   [[ $ocpu0 == - || $ocpu1 == - ]] || ocpu=$((ocpu1 - ocpu0))
   local peak=- cpu=- sys=- errsz=0
@@ -551,24 +581,25 @@ run_one() {
     echo "- rep $rep $cs $g logged $(wc -l <<<"$logged") warning/error lines, e.g.: $(head -3 <<<"$logged" | cut -c1-300 | tr '\n' ' ')" >>"$notes"
   fi
   python3 - "$raw" "$rep" "$cs" "$g" "$status" "$requests" "$duration_us" "$p50_us" "$p99_us" \
-    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" "$ocpu" $ostats <<'PY'
+    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" "$ocpu" "$wcpu" "$idle" $ostats <<'PY'
 import sys
-(raw, rep, cs, g, status, req, dur, p50, p99, ec, er, ew, es, et, peak, cpu, sys_ms, ocpu,
- oreq, conns, full, res, proto) = sys.argv[1:]
+(raw, rep, cs, g, status, req, dur, p50, p99, ec, er, ew, es, et, peak, cpu, sys_ms, ocpu, wcpu,
+ idle, oreq, conns, full, res, proto) = sys.argv[1:]
 req, dur = int(req), int(dur) / 1e6
 errs = sum(map(int, (ec, er, ew, es, et)))
 detail = f"connect {ec}, read {er}, write {ew}, status {es}, timeout {et}"
 cpu1k = "-" if cpu == "-" or req == 0 else f"{float(cpu) / (req / 1000):.2f}"
 sys_pct = "-" if cpu in ("-", "0") or sys_ms == "-" else f"{100 * float(sys_ms) / float(cpu):.0f}"
 ocpu1k = "-" if ocpu == "-" or req == 0 else f"{float(ocpu) / (req / 1000):.2f}"
+wcpu1k = "-" if wcpu in ("-", "") or req == 0 else f"{float(wcpu) / (req / 1000):.2f}"
 row = [rep, cs, g, status, req, f"{dur:.2f}", f"{req / dur:.0f}", f"{int(p50) / 1000:.2f}",
        f"{int(p99) / 1000:.2f}", errs, detail, oreq, conns, full, res, proto, peak, cpu, cpu1k, sys_pct,
-       ocpu1k]
+       ocpu1k, wcpu1k, idle]
 with open(raw, "a") as f:
     f.write("\t".join(map(str, row)) + "\n")
 print(f"{cs} {g}: {req / dur:.0f} req/s, p99 {int(p99) / 1000:.1f} ms, errors {errs}, "
       f"origin conns {conns} (full {full}, resumed {res}, {proto}), peak RSS {peak} KiB, "
-      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys), origin CPU {ocpu1k} ms/1k req [{status}]",
+      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys), origin CPU {ocpu1k} ms/1k req, wrk CPU {wcpu1k} ms/1k req, machine idle {idle}% [{status}]",
       file=sys.stderr)
 PY
 }
@@ -604,13 +635,14 @@ out_md=${OUT:-bench/results/compare-$(date -u +%Y-%m-%d).md}
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); load average before/after: $load_before / $load_after."
   echo "Versions: muxgate $("$bin" --version | awk '{print $2}') ($(git -C "$root_dir" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root_dir" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', modified')), $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nghttpx --version | head -1), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')."
-  echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $THREADS, nghttpx workers $THREADS, muxgate default runtime (one worker per core); origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}"
+  [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}."
+  echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $GW_THREADS, nghttpx workers $GW_THREADS, muxgate workers $GW_THREADS; origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}"
   echo
   python3 - "$raw" "$GATEWAYS" "$CASES" <<'PY'
 import csv, statistics as st, sys
 raw, gws, cases = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 rows = list(csv.DictReader(open(raw), delimiter="\t"))
-peers = [g for g in gws if g not in ("muxgate", "direct")]
+peers = [g for g in gws if g not in ("muxgate", "muxgate-b", "direct")]
 def med(vals, fmt):
     v = [float(x) for x in vals if x not in ("", "-", None)]
     return (fmt.format(st.median(v)), st.median(v)) if v else ("–", None)
@@ -621,10 +653,13 @@ print("Medians over repetitions. **× best peer**: req/s over the best of "
       "(requests it served, distinct connections, full / resumed TLS handshakes, protocols). "
       "RSS: peak of the gateway's processes summed, sampled every 100 ms. CPU: utime+stime of "
       "the gateway's processes during the run, per 1,000 requests; sys %: the kernel's share of it; "
-      "origin CPU: the same for the nginx origin's processes (what each gateway costs the origin).")
+      "origin CPU: the same for the nginx origin's processes (what each gateway costs the origin); "
+      "wrk CPU: the load generator's, per 1,000 requests (how the gateway's write pattern costs its "
+      "clients); idle %: the machine's idle share during the run (near 0: the run was CPU-bound, "
+      "so req/s follows the sum of the three CPU columns).")
 print()
-print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | origin CPU ms / 1k req | runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |")
+print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | origin CPU ms / 1k req | wrk CPU ms / 1k req | idle % | runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for c in cases:
     by = {}
     for g in gws:
@@ -637,7 +672,7 @@ for c in cases:
     for g in gws:
         if g not in by:
             if g == "nghttpx" and c.startswith("fallback"):
-                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | |")
+                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | | | |")
             continue
         rs = by[g]
         ok = [r for r in rs if r["status"] == "ok"]
@@ -648,11 +683,11 @@ for c in cases:
         protos = "/".join(sorted({r["proto"] for r in ok}))
         rss = med([float(r["peak_rss_kib"]) / 1024 for r in ok if r["peak_rss_kib"] not in ("-", "")], "{:.1f}")[0]
         status = f"{len(ok)}/{len(rs)} ok"
-        name = f"**{g}**" if g == "muxgate" else g
+        name = f"**{g}**" if g.startswith("muxgate") else g
         print(f"| {c} | {name} | {f('rps', '{:.0f}')} | {ratio} | {rdir} | {f('p50_ms', '{:.2f}')} "
               f"| {f('p99_ms', '{:.1f}')} | {errs} | {f('origin_requests', '{:.0f}')} | {f('conns', '{:.0f}')} "
               f"| {f('full', '{:.0f}')} | {f('resumed', '{:.0f}')} | {protos} | {rss} | {f('cpu_ms_per_1k', '{:.1f}')} | {f('sys_pct', '{:.0f}')} "
-              f"| {f('origin_cpu_ms_per_1k', '{:.1f}')} | {status} |")
+              f"| {f('origin_cpu_ms_per_1k', '{:.1f}')} | {f('wrk_cpu_ms_per_1k', '{:.1f}')} | {f('idle_pct', '{:.0f}')} | {status} |")
 PY
   echo
   if [[ -s $notes ]]; then
@@ -675,7 +710,7 @@ PY
   for g in "${!gport[@]}"; do sedx+=(-e "s#\\b${gport[$g]}\\b#GW#g"); done
   for g in $GATEWAYS; do
     case $g in
-      muxgate) f=muxgate.toml ;; haproxy) f=haproxy.cfg ;; nghttpx) f=nghttpx.conf ;;
+      muxgate) f=muxgate.toml ;; muxgate-b) f=muxgate-b.toml ;; haproxy) f=haproxy.cfg ;; nghttpx) f=nghttpx.conf ;;
       nginx) f=nginx/nginx.conf ;; *) continue ;;
     esac
     echo "$g (\`$f\`):"

@@ -228,6 +228,8 @@ pub struct Config {
     /// old one, which stops accepting and drains). Default `true` (as HAProxy). With `false`,
     /// a second instance on the same port fails to start with "address in use".
     pub reuse_port: bool,
+    /// Runtime worker threads. `0` (default): one per core. Read at start only.
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -242,6 +244,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             log_format: "text".into(),
             reuse_port: true,
+            workers: 0,
         }
     }
 }
@@ -718,6 +721,9 @@ impl Config {
             // Checked here so a typo is caught by `muxgate check`; a file that becomes
             // unreadable later only makes re-resolution keep the last good addresses.
             existing_file("dns.hosts_file", p)?;
+        }
+        if self.workers > 1024 {
+            return Err(err("workers", "must be at most 1024 (0 = one per core)"));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(err("log_format", "must be \"text\" or \"json\""));

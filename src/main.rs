@@ -120,17 +120,28 @@ fn init_logging(default: &str, json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` sizes the runtime from its configuration (`workers`); the other commands take
+    // one worker per core.
+    let cmd = cli.cmd.unwrap_or(Cmd::Run);
+    let run_cfg = match cmd {
+        Cmd::Run => match Config::load(cli.config.as_deref()).and_then(Config::validate) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let workers = run_cfg.as_ref().map_or(0, |c| c.raw.workers);
+    let rt = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("muxgate: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    match cli.cmd.unwrap_or(Cmd::Run) {
+    match cmd {
         Cmd::Check => match Config::load(cli.config.as_deref()).and_then(Config::validate) {
             Ok(v) => {
                 match toml_string(&v.raw) {
@@ -145,12 +156,8 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run => {
-            let cfg = match Config::load(cli.config.as_deref()).and_then(Config::validate) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+            let Some(cfg) = run_cfg else {
+                return ExitCode::from(2);
             };
             init_logging("info", cfg.raw.log_format == "json");
             raise_nofile(cfg.raw.client.max_connections as u64 * 2 + 1024);
@@ -239,6 +246,17 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The multi-threaded runtime with `workers` worker threads; 0 means one per core (tokio's
+/// default, which also honours `TOKIO_WORKER_THREADS`).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.build()
 }
 
 /// Raises the open-file soft limit to the hard limit; warns if that is below `wanted`

@@ -58,6 +58,9 @@ pub fn plan(old: &ValidConfig, new: &ValidConfig) -> Plan {
     if old.raw.reuse_port != new.raw.reuse_port {
         needs_restart.push("reuse_port");
     }
+    if old.raw.workers != new.raw.workers {
+        needs_restart.push("workers");
+    }
     Plan {
         keep,
         retire,
@@ -171,10 +174,13 @@ mod tests {
     fn listener_and_cache_changes_are_reported() {
         let new = BASE.replace(
             r#"listen = ["127.0.0.1:0"]"#,
-            "listen = [\"127.0.0.1:1\"]\n        log_format = \"json\"\n        reuse_port = false\n        [cache]\n        enabled = true",
+            "listen = [\"127.0.0.1:1\"]\n        log_format = \"json\"\n        reuse_port = false\n        workers = 1\n        [cache]\n        enabled = true",
         );
         let p = plan(&cfg(BASE), &cfg(&new));
-        assert_eq!(p.needs_restart, vec!["listen", "log_format", "reuse_port"]);
+        assert_eq!(
+            p.needs_restart,
+            vec!["listen", "log_format", "reuse_port", "workers"]
+        );
         assert!(!p.keep_cache);
     }
 }

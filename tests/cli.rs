@@ -135,6 +135,7 @@ async fn check_refuses_bad_configs_with_one_line_naming_the_key() {
             &["client.max_body_size"],
         ),
         ("TOML syntax error", "listen = [\n".into(), &["config"]),
+        ("absurd worker count", "workers = 5000\n".into(), &["workers"]),
     ];
     for (i, (case, text, needles)) in cases.iter().enumerate() {
         let path = dir.file(&format!("bad{i}.toml"), text);
@@ -242,9 +243,21 @@ async fn run_refuses_a_bad_config_with_exit_2() {
 /// sends SIGTERM and returns the exit status.
 #[cfg(unix)]
 async fn run_then_sigterm(dir: &Scratch, grace: Duration) -> std::process::ExitStatus {
+    run_then_sigterm_with(dir, "", grace, |_| ()).await
+}
+
+/// As [`run_then_sigterm`], with `top` prepended to the config and `inspect` called with the
+/// child's pid once it listens.
+#[cfg(unix)]
+async fn run_then_sigterm_with(
+    dir: &Scratch,
+    top: &str,
+    grace: Duration,
+    inspect: impl FnOnce(u32),
+) -> std::process::ExitStatus {
     let path = dir.file(
         "run.toml",
-        "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"\"\n",
+        &format!("{top}\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"\"\n"),
     );
     let mut cmd = muxgate();
     cmd.arg("run")
@@ -267,6 +280,7 @@ async fn run_then_sigterm(dir: &Scratch, grace: Duration) -> std::process::ExitS
     .await
     .unwrap_or(false);
     assert!(listening, "muxgate never logged that it is listening");
+    inspect(child.id().expect("pid"));
     tokio::time::sleep(grace).await;
     let pid = libc::pid_t::try_from(child.id().expect("pid")).expect("pid range");
     // SAFETY: kill(2) on our own child's pid; no memory is shared.
@@ -278,6 +292,33 @@ async fn run_then_sigterm(dir: &Scratch, grace: Duration) -> std::process::ExitS
         .await
         .expect("muxgate did not exit within 10s of SIGTERM")
         .expect("wait")
+}
+
+/// Threads of `pid` whose name is tokio's worker-thread name.
+#[cfg(target_os = "linux")]
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+/// `workers` sets the runtime's worker threads; 0 (the default) means one per core.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn run_starts_the_configured_number_of_workers() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (top, want) in [("workers = 1", 1), ("workers = 3", 3), ("", cores)] {
+        let dir = Scratch::new();
+        let mut seen = None;
+        let status = run_then_sigterm_with(&dir, top, Duration::from_millis(100), |pid| {
+            seen = Some(runtime_workers(pid));
+        })
+        .await;
+        assert_eq!(seen, Some(want), "config {top:?}");
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
 }
 
 #[cfg(unix)]
