@@ -49,6 +49,8 @@
 #                        other settings) beside this one in the same run, for A/B comparisons:
 #                        GATEWAYS="muxgate muxgate-b haproxy" BIN_B=/tmp/muxgate-old
 #   EXTRA_MUXGATE_B=...  extra top-level TOML lines for muxgate-b only (e.g. 'workers = 1')
+#   EXTRA_MUXGATE_B_ORIGIN=...  extra [[origins]] lines for muxgate-b only
+#                        (e.g. 'stream_window = "256KiB"')
 #   OUT=path.md          where to write the report (default bench/results/compare-<date>.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -342,12 +344,15 @@ tls_ca = "$CA"
 $EXTRA_MUXGATE
 TOML
   local hap_cache="" hap_cache_use="" ngx_cache_path="" ngx_cache=""
-  # muxgate-b: the same file on its own port, with its extra top-level lines (a key they set
-  # is dropped from the copy).
+  # muxgate-b: the same file on its own port, with its extra top-level and origin lines (a
+  # key they set is dropped from the copy).
   local drop=() k
-  for k in $(sed -n 's/^\([a-z_]*\) *=.*/\1/p' <<<"${EXTRA_MUXGATE_B:-}"); do drop+=(-e "/^$k *=/d"); done
+  for k in $(sed -n 's/^\([a-z_]*\) *=.*/\1/p' <<<"${EXTRA_MUXGATE_B:-}"$'\n'"${EXTRA_MUXGATE_B_ORIGIN:-}"); do
+    drop+=(-e "/^$k *=/d")
+  done
   { printf '%s\n' "${EXTRA_MUXGATE_B:-}"
-    sed "${drop[@]}" -e "s/127.0.0.1:${gport[muxgate]:-0}\"/127.0.0.1:${gport[muxgate-b]:-0}\"/" "$d/muxgate.toml"; } >"$d/muxgate-b.toml"
+    sed "${drop[@]}" -e "s/127.0.0.1:${gport[muxgate]:-0}\"/127.0.0.1:${gport[muxgate-b]:-0}\"/" "$d/muxgate.toml"
+    printf '%s\n' "${EXTRA_MUXGATE_B_ORIGIN:-}"; } >"$d/muxgate-b.toml"
   if [[ $cache == cache ]]; then
     printf '[cache]\nenabled = true\n' | tee -a "$d/muxgate-b.toml" >>"$d/muxgate.toml"
     hap_cache=$'cache c\n  total-max-size 64\n  max-object-size 1048576\n  max-age 3600'
@@ -635,7 +640,7 @@ out_md=${OUT:-bench/results/compare-$(date -u +%Y-%m-%d).md}
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); load average before/after: $load_before / $load_after."
   echo "Versions: muxgate $("$bin" --version | awk '{print $2}') ($(git -C "$root_dir" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root_dir" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', modified')), $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nghttpx --version | head -1), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')."
-  [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}."
+  [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}${EXTRA_MUXGATE_B_ORIGIN:+, extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_ORIGIN")\`}."
   echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $GW_THREADS, nghttpx workers $GW_THREADS, muxgate workers $GW_THREADS; origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}"
   echo
   python3 - "$raw" "$GATEWAYS" "$CASES" <<'PY'

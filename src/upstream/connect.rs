@@ -161,6 +161,10 @@ struct Server {
     /// The last good answer (empty until the first one).
     addrs: Mutex<Arc<[SocketAddr]>>,
     health: Mutex<Health>,
+    /// Serialises the lookups dials make while the entry has no address: concurrent dials
+    /// share one. Holds the last such lookup's failure (when it ended, the error), so the
+    /// dials that waited for it fail with it instead of each asking the resolver again.
+    first_lookup: tokio::sync::Mutex<Option<(Instant, Error)>>,
 }
 
 /// Passive health: consecutive connect/TLS failures eject a server for an exponentially
@@ -301,6 +305,7 @@ impl Connector {
                     literal: literal.is_some(),
                     addrs: Mutex::new(addrs.into()),
                     health: Mutex::new(Health::default()),
+                    first_lookup: tokio::sync::Mutex::new(None),
                 }
             })
             .collect();
@@ -476,6 +481,33 @@ impl Connector {
         Err(last)
     }
 
+    /// The addresses of an entry that has none yet (DNS was down at start, or the refresh has
+    /// not run yet). A cold burst of dials makes one lookup: the first dial resolves, the
+    /// others wait for it and use its answer, or fail with its error.
+    async fn first_addrs(&self, server: &Server) -> Result<Arc<[SocketAddr]>, Error> {
+        let asked = Instant::now();
+        let mut last = server.first_lookup.lock().await;
+        let addrs = server.addrs();
+        if !addrs.is_empty() {
+            return Ok(addrs);
+        }
+        if let Some((at, e)) = &*last {
+            if *at >= asked {
+                return Err(e.clone());
+            }
+        }
+        match self.resolve_server(server).await {
+            Ok(_) => {
+                *last = None;
+                Ok(server.addrs())
+            }
+            Err(e) => {
+                *last = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+
     async fn connect_one(
         &self,
         server: &Server,
@@ -486,9 +518,7 @@ impl Connector {
         }
         let mut addrs = server.addrs();
         if addrs.is_empty() {
-            // Never resolved (DNS was down at start, or the refresh has not run yet).
-            self.resolve_server(server).await?;
-            addrs = server.addrs();
+            addrs = self.first_addrs(server).await?;
         }
         let (tcp, peer) = tokio::time::timeout(self.connect_timeout, tcp(&server.host, &addrs))
             .await
@@ -668,6 +698,59 @@ mod tests {
         assert!(!c.is_current(Some(a)) && c.is_current(Some(b)));
         // In-memory connections have no address and are never stale.
         assert!(c.is_current(None));
+    }
+
+    /// Answers after a delay; counts lookups.
+    struct Slow {
+        answer: io::Result<Resolved>,
+        lookups: AtomicUsize,
+    }
+
+    impl Resolver for Slow {
+        fn resolve<'a>(&'a self, _host: &'a str, _port: u16) -> ResolveFuture<'a> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let a = match &self.answer {
+                Ok(r) => Ok(r.clone()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                a
+            })
+        }
+    }
+
+    /// A burst of dials before the first resolution shares one lookup, whether it answers or
+    /// fails; a later dial after a failure asks again.
+    #[tokio::test]
+    async fn a_cold_burst_of_dials_makes_one_lookup() {
+        // Port 1 on loopback refuses: each dial gets past resolution and then fails to connect.
+        for (answer, resolves) in [(ok(&["127.0.0.1:1"], None), true), (ok(&[], None), false)] {
+            let (mut c, _, m) = connector("");
+            let r = Arc::new(Slow {
+                answer,
+                lookups: AtomicUsize::new(0),
+            });
+            c.set_resolver(r.clone());
+            let errors =
+                futures_util::future::join_all((0..20).map(|_| c.connect_one(&c.servers[0], None)))
+                    .await;
+            assert_eq!(r.lookups.load(Ordering::SeqCst), 1, "resolves: {resolves}");
+            for e in &errors {
+                let msg = e
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                assert_eq!(msg.contains("resolv"), !resolves, "{msg}");
+            }
+            assert_eq!(count(&m, "ok"), resolves);
+            if !resolves {
+                // The failure is not cached for later dials: the next one asks again.
+                let _ = c.connect_one(&c.servers[0], None).await;
+                assert_eq!(r.lookups.load(Ordering::SeqCst), 2);
+            }
+        }
     }
 
     #[tokio::test]
