@@ -51,6 +51,8 @@
 #   EXTRA_MUXGATE_B=...  extra top-level TOML lines for muxgate-b only (e.g. 'workers = 1')
 #   EXTRA_MUXGATE_B_ORIGIN=...  extra [[origins]] lines for muxgate-b only
 #                        (e.g. 'stream_window = "256KiB"')
+#   PROCS_B=N            run muxgate-b as N processes on one port (with EXTRA_MUXGATE_B='workers = 1':
+#                        one single-threaded process per core)
 #   OUT=path.md          where to write the report (default bench/results/compare-<date>.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -445,7 +447,10 @@ start_gateway() {
   case $g in
     direct) return 0 ;;
     muxgate) RUST_LOG=warn "$bin" -c "$d/muxgate.toml" 2>"$errf" & ;;
-    muxgate-b) RUST_LOG=warn "$bin_b" -c "$d/muxgate-b.toml" 2>"$errf" & ;;
+    # PROCS_B copies of muxgate-b share its port (SO_REUSEPORT, the kernel spreads the
+    # connections): N single-threaded processes, measured as one gateway (RSS and CPU summed).
+    muxgate-b) RUST_LOG=warn bash -c 'trap "kill \$(jobs -p) 2>/dev/null; wait" TERM INT
+      for _ in $(seq "$2"); do "$0" -c "$1" & done; wait' "$bin_b" "$d/muxgate-b.toml" "${PROCS_B:-1}" 2>"$errf" & ;;
     haproxy) haproxy -db -f "$d/haproxy.cfg" >"$errf" 2>&1 & ;;
     nghttpx) nghttpx --conf="$d/nghttpx.conf" >"$errf" 2>&1 & ;;
     nginx) nginx -e stderr -p "$d/nginx/" -c "$d/nginx/nginx.conf" -g 'daemon off;' 2>"$errf" & ;;
@@ -640,7 +645,7 @@ out_md=${OUT:-bench/results/compare-$(date -u +%Y-%m-%d).md}
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); load average before/after: $load_before / $load_after."
   echo "Versions: muxgate $("$bin" --version | awk '{print $2}') ($(git -C "$root_dir" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root_dir" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', modified')), $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nghttpx --version | head -1), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')."
-  [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}${EXTRA_MUXGATE_B_ORIGIN:+, extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_ORIGIN")\`}."
+  [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}${EXTRA_MUXGATE_B_ORIGIN:+, extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_ORIGIN")\`}${PROCS_B:+, $PROCS_B processes on one port}."
   echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $GW_THREADS, nghttpx workers $GW_THREADS, muxgate workers $GW_THREADS; origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}"
   echo
   python3 - "$raw" "$GATEWAYS" "$CASES" <<'PY'
