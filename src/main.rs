@@ -120,20 +120,25 @@ fn init_logging(default: &str, json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `run` sizes the runtime from its configuration (`workers`); the other commands take
-    // one worker per core.
     let cmd = cli.cmd.unwrap_or(Cmd::Run);
-    let run_cfg = match cmd {
-        Cmd::Run => match Config::load(cli.config.as_deref()).and_then(Config::validate) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(2);
+    // `run` and `check` read the configuration first (a bad one: one line, exit 2); `run`
+    // sizes the runtime from it (`workers`), the other commands take one worker per core.
+    let cfg = match cmd {
+        Cmd::Run | Cmd::Check => {
+            match Config::load(cli.config.as_deref()).and_then(Config::validate) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
             }
-        },
+        }
         _ => None,
     };
-    let workers = run_cfg.as_ref().map_or(0, |c| c.raw.workers);
+    let workers = match (&cmd, &cfg) {
+        (Cmd::Run, Some(c)) => c.raw.workers,
+        _ => 0,
+    };
     let rt = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -142,21 +147,17 @@ fn main() -> ExitCode {
         }
     };
     match cmd {
-        Cmd::Check => match Config::load(cli.config.as_deref()).and_then(Config::validate) {
-            Ok(v) => {
+        Cmd::Check => {
+            if let Some(v) = cfg {
                 match toml_string(&v.raw) {
                     Ok(s) => print!("{s}"),
                     Err(e) => eprintln!("muxgate: {e}"),
                 }
-                ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+            ExitCode::SUCCESS
+        }
         Cmd::Run => {
-            let Some(cfg) = run_cfg else {
+            let Some(cfg) = cfg else {
                 return ExitCode::from(2);
             };
             init_logging("info", cfg.raw.log_format == "json");
