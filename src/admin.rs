@@ -167,11 +167,14 @@ fn pool_json(proxy: &Proxy) -> String {
         .origins()
         .map(|o| {
             let conns: Vec<_> = o
-                .stats()
+                .shard_stats()
                 .iter()
-                .map(|c| {
+                .enumerate()
+                .flat_map(|(shard, v)| v.iter().map(move |c| (shard, c)))
+                .map(|(shard, c)| {
                     serde_json::json!({
                         "id": c.id,
+                        "shard": shard,
                         "protocol": c.protocol,
                         "streams_in_flight": c.in_flight,
                         "max_streams": c.max_streams,

@@ -228,8 +228,14 @@ pub struct Config {
     /// old one, which stops accepting and drains). Default `true` (as HAProxy). With `false`,
     /// a second instance on the same port fails to start with "address in use".
     pub reuse_port: bool,
-    /// Runtime worker threads. `0` (default): one per core. Read at start only.
+    /// Runtime worker threads (`work-stealing`) or shards (`thread-per-core`). `0` (default):
+    /// one per core. Read at start only.
     pub workers: usize,
+    /// How work is spread over the threads: `work-stealing` (default; one tokio runtime whose
+    /// workers share every task and every origin pool) or `thread-per-core` (one
+    /// single-threaded runtime per shard, each with its own origin connections; see
+    /// [`crate::shard`]). Read at start only.
+    pub runtime: String,
 }
 
 impl Default for Config {
@@ -245,6 +251,7 @@ impl Default for Config {
             log_format: "text".into(),
             reuse_port: true,
             workers: 0,
+            runtime: "work-stealing".into(),
         }
     }
 }
@@ -600,6 +607,9 @@ pub struct ValidOrigin {
     pub servers: Vec<(String, u16)>,
     /// `[dns] hosts_file`: resolve names from this file instead of the system resolver.
     pub hosts_file: Option<PathBuf>,
+    /// Shards of the origin's pool: 1, or one per shard thread with
+    /// `runtime = "thread-per-core"` (the pool's limits are divided among them).
+    pub shards: usize,
 }
 
 /// A configuration that passed [`Config::validate`].
@@ -615,6 +625,9 @@ pub struct ValidConfig {
     pub admin: Option<SocketAddr>,
     /// Origins in configuration order.
     pub origins: Vec<ValidOrigin>,
+    /// Shard threads: 1 with `runtime = "work-stealing"` (none are started), else `workers`
+    /// or one per core.
+    pub shards: usize,
 }
 
 impl Config {
@@ -725,6 +738,17 @@ impl Config {
         if self.workers > 1024 {
             return Err(err("workers", "must be at most 1024 (0 = one per core)"));
         }
+        let shards = match self.runtime.as_str() {
+            "work-stealing" => 1,
+            "thread-per-core" if self.workers > 0 => self.workers,
+            "thread-per-core" => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            _ => {
+                return Err(err(
+                    "runtime",
+                    "must be \"work-stealing\" or \"thread-per-core\"",
+                ))
+            }
+        };
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(err("log_format", "must be \"text\" or \"json\""));
         }
@@ -733,6 +757,7 @@ impl Config {
         for (i, o) in self.origins.iter().enumerate() {
             let mut v = validate_origin(&format!("origins.{i}"), o)?;
             v.hosts_file = self.dns.hosts_file.clone();
+            v.shards = shards;
             if !names.insert(o.name.clone()) {
                 return Err(err(
                     format!("origins.{i}.name"),
@@ -746,6 +771,7 @@ impl Config {
             listen_tls,
             admin,
             origins,
+            shards,
             raw: self,
         })
     }
@@ -877,6 +903,7 @@ fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
         port,
         servers,
         hosts_file: None,
+        shards: 1,
     })
 }
 

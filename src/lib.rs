@@ -36,6 +36,7 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod shard;
 pub mod testkit;
 pub mod tls;
 pub mod upstream;
@@ -72,6 +73,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     shutdown_tx: watch::Sender<bool>,
     tracker: TaskTracker,
+    /// The shard threads (`runtime = "thread-per-core"`).
+    shards: Option<Arc<shard::Shards>>,
 }
 
 /// What a successful [`Gateway::reload`] did.
@@ -105,11 +108,18 @@ impl Gateway {
             shutdown: shutdown_rx.clone(),
             tracker: tracker.clone(),
         });
+        let shards = match cfg.raw.runtime.as_str() {
+            "thread-per-core" => Some(
+                shard::Shards::start(cfg.shards, ctx.clone())
+                    .map_err(|e| format!("cannot start the shard threads: {e}"))?,
+            ),
+            _ => None,
+        };
         let mut http_addrs = Vec::new();
         for a in &cfg.listen {
             let l = bind(*a, cfg.raw.reuse_port).await?;
             http_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
-            tokio::spawn(server::accept_loop(l, None, ctx.clone()));
+            tokio::spawn(server::accept_loop(l, None, ctx.clone(), shards.clone()));
         }
         let mut tls_addrs = Vec::new();
         let mut certs = Vec::new();
@@ -125,6 +135,7 @@ impl Gateway {
                 l,
                 Some(TlsAcceptor::from(sc)),
                 ctx.clone(),
+                shards.clone(),
             ));
         }
         let admin_addr = match cfg.admin {
@@ -146,6 +157,7 @@ impl Gateway {
             metrics,
             shutdown_tx,
             tracker,
+            shards,
         })
     }
 
@@ -164,8 +176,14 @@ impl Gateway {
         r
     }
 
-    fn try_reload(&self, new: ValidConfig) -> Result<ReloadReport, String> {
+    fn try_reload(&self, mut new: ValidConfig) -> Result<ReloadReport, String> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        // The shard threads are fixed at start (`runtime` and `workers` need a restart): new
+        // pools get as many sub-pools as there are shards.
+        new.shards = running.shards;
+        for o in &mut new.origins {
+            o.shards = running.shards;
+        }
         let plan = reload::plan(&running, &new);
         // Load everything that can fail before swapping anything.
         let mut keys = Vec::new();
@@ -223,6 +241,12 @@ impl Gateway {
     /// The certificate TLS listener `i` serves now.
     pub fn tls_cert(&self, i: usize) -> Option<Arc<rustls::sign::CertifiedKey>> {
         self.certs.get(i).map(|c| c.current())
+    }
+
+    /// Client connections each shard thread serves now (`None` unless
+    /// `runtime = "thread-per-core"`).
+    pub fn shard_connections(&self) -> Option<Vec<usize>> {
+        self.shards.as_ref().map(|s| s.open())
     }
 
     /// This instance's metrics.

@@ -135,11 +135,11 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
-    let workers = match (&cmd, &cfg) {
-        (Cmd::Run, Some(c)) => c.raw.workers,
-        _ => 0,
+    let (workers, sharded) = match (&cmd, &cfg) {
+        (Cmd::Run, Some(c)) => (c.raw.workers, c.raw.runtime == "thread-per-core"),
+        _ => (0, false),
     };
-    let rt = match runtime(workers) {
+    let rt = match runtime(workers, sharded) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("muxgate: cannot start the runtime: {e}");
@@ -250,8 +250,15 @@ fn main() -> ExitCode {
 }
 
 /// The multi-threaded runtime with `workers` worker threads; 0 means one per core (tokio's
-/// default, which also honours `TOKIO_WORKER_THREADS`).
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// default, which also honours `TOKIO_WORKER_THREADS`). With `sharded` (thread-per-core) the
+/// requests run on the shard threads ([`muxgate::shard`]); this thread's runtime only accepts
+/// connections, serves the admin listener and runs the timers of the pools and the resolver.
+fn runtime(workers: usize, sharded: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    if sharded {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();
     if workers > 0 {

@@ -61,6 +61,9 @@ pub fn plan(old: &ValidConfig, new: &ValidConfig) -> Plan {
     if old.raw.workers != new.raw.workers {
         needs_restart.push("workers");
     }
+    if old.raw.runtime != new.raw.runtime {
+        needs_restart.push("runtime");
+    }
     Plan {
         keep,
         retire,
@@ -174,12 +177,12 @@ mod tests {
     fn listener_and_cache_changes_are_reported() {
         let new = BASE.replace(
             r#"listen = ["127.0.0.1:0"]"#,
-            "listen = [\"127.0.0.1:1\"]\n        log_format = \"json\"\n        reuse_port = false\n        workers = 1\n        [cache]\n        enabled = true",
+            "listen = [\"127.0.0.1:1\"]\n        log_format = \"json\"\n        reuse_port = false\n        workers = 1\n        runtime = \"thread-per-core\"\n        [cache]\n        enabled = true",
         );
         let p = plan(&cfg(BASE), &cfg(&new));
         assert_eq!(
             p.needs_restart,
-            vec!["listen", "log_format", "reuse_port", "workers"]
+            vec!["listen", "log_format", "reuse_port", "workers", "runtime"]
         );
         assert!(!p.keep_cache);
     }

@@ -24,6 +24,7 @@ use crate::config::ClientLimits;
 use crate::h2guard::{self, Guarded, Prefixed};
 use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, ConnHold, Proxy};
+use crate::shard::{Job, Shards};
 
 /// What a configuration reload swaps. Read once per request (the proxy: routes, pools, cache)
 /// or once per accepted connection (the limits), so a reload never disturbs a request in flight
@@ -49,8 +50,14 @@ pub struct ServerCtx {
     pub tracker: TaskTracker,
 }
 
-/// Accepts on `listener` until shutdown.
-pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<ServerCtx>) {
+/// Accepts on `listener` until shutdown. With `shards` (thread-per-core) each connection goes
+/// to a shard thread ([`crate::shard`]); otherwise it is served on this runtime.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    ctx: Arc<ServerCtx>,
+    shards: Option<Arc<Shards>>,
+) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -76,21 +83,53 @@ pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: A
             continue;
         }
         ctx.open.fetch_add(1, Ordering::AcqRel);
-        let ctx2 = ctx.clone();
-        let tls = tls.clone();
-        let span = tracing::debug_span!("conn", %peer, tls = tls.is_some());
-        ctx.tracker.spawn(
-            async move {
-                ctx2.metrics.downstream_connections_open.inc();
-                // Boxed: spawning moves the task's future several times; a pointer is cheaper
-                // to move than the connection's state (bench/callgrind.sh with --close).
-                Box::pin(serve_conn(stream, peer, tls, &ctx2)).await;
-                ctx2.metrics.downstream_connections_open.dec();
-                ctx2.open.fetch_sub(1, Ordering::AcqRel);
-            }
-            .instrument(span),
-        );
+        let Some(shards) = &shards else {
+            spawn_conn(&ctx, stream, peer, tls.clone(), || {});
+            continue;
+        };
+        let handed = stream
+            .into_std()
+            .map_err(|e| e.to_string())
+            .and_then(|stream| {
+                let job = Job {
+                    stream,
+                    peer,
+                    tls: tls.clone(),
+                };
+                shards
+                    .dispatch(job)
+                    .map_err(|_| "shard stopped".to_string())
+            });
+        if let Err(e) = handed {
+            ctx.open.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(%peer, error = %e, "client connection dropped: cannot hand it to a shard");
+        }
     }
+}
+
+/// Serves one accepted client connection on a task of the calling runtime (counted in
+/// `ctx.open`, which the caller already raised; lowered when it ends, then `done` runs).
+pub fn spawn_conn(
+    ctx: &Arc<ServerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    done: impl FnOnce() + Send + 'static,
+) {
+    let ctx2 = ctx.clone();
+    let span = tracing::debug_span!("conn", %peer, tls = tls.is_some());
+    ctx.tracker.spawn(
+        async move {
+            ctx2.metrics.downstream_connections_open.inc();
+            // Boxed: spawning moves the task's future several times; a pointer is cheaper
+            // to move than the connection's state (bench/callgrind.sh with --close).
+            Box::pin(serve_conn(stream, peer, tls, &ctx2)).await;
+            ctx2.metrics.downstream_connections_open.dec();
+            ctx2.open.fetch_sub(1, Ordering::AcqRel);
+            done();
+        }
+        .instrument(span),
+    );
 }
 
 async fn serve_conn(

@@ -35,6 +35,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::{Scheme, ValidOrigin};
 use crate::error::Error;
 use crate::metrics::OriginMetrics;
+use crate::tls::Sessions;
 
 use super::resolve::{self, Resolver};
 
@@ -186,7 +187,7 @@ pub struct Connector {
     /// trusts (the CA file's contents, verification on or off): a pool replacing this one with
     /// the same trust builds on it, so its sessions stay resumable (rustls resumes a session
     /// only under the verifier that verified it).
-    tls_base: Option<(Arc<ClientConfig>, Trust)>,
+    tls_base: Option<(Arc<ClientConfig>, Trust, Arc<Sessions>)>,
     tls: Option<TlsConnector>,
     /// Same config and session store as `tls`, ALPN `http/1.1` only: dedicated connections
     /// for upgrades, which must not negotiate h2.
@@ -270,17 +271,22 @@ impl Connector {
                     let inherited = prev
                         .filter(|p| p.server_name == server_name)
                         .and_then(|p| p.tls_base.as_ref())
-                        .filter(|(_, t)| *t == trust)
-                        .map(|(cfg, _)| crate::tls::with_alpn(cfg, &alpn));
-                    let cfg: Arc<ClientConfig> = match inherited {
-                        Some(cfg) => cfg,
-                        None => crate::tls::client_config(
-                            o.raw.tls_ca.as_deref(),
-                            o.raw.tls_verify,
-                            &o.raw.alpn,
-                        )?,
+                        .filter(|(_, t, _)| *t == trust)
+                        .map(|(cfg, _, s)| (crate::tls::with_alpn(cfg, &alpn), s.clone()));
+                    let (cfg, sessions) = match inherited {
+                        Some(x) => x,
+                        None => {
+                            let sessions = Sessions::new();
+                            let cfg = crate::tls::client_config(
+                                o.raw.tls_ca.as_deref(),
+                                o.raw.tls_verify,
+                                &o.raw.alpn,
+                                sessions.clone(),
+                            )?;
+                            (cfg, sessions)
+                        }
                     };
-                    tls_base = Some((cfg.clone(), trust));
+                    tls_base = Some((cfg.clone(), trust, sessions));
                     // Only if the operator allows http/1.1 to this origin at all.
                     let h1 =
                         o.raw.alpn.iter().any(|p| p == "http/1.1").then(|| {
@@ -520,6 +526,11 @@ impl Connector {
         if addrs.is_empty() {
             addrs = self.first_addrs(server).await?;
         }
+        // While the origin has issued no TLS session yet, one dial at a time (see `Sessions`).
+        let first = match (&self.tls_base, tls) {
+            (Some((_, _, sessions)), Some(_)) => sessions.before_dial().await,
+            _ => None,
+        };
         let (tcp, peer) = tokio::time::timeout(self.connect_timeout, tcp(&server.host, &addrs))
             .await
             .map_err(|_| Error::ConnectTimeout)??;
@@ -532,11 +543,15 @@ impl Connector {
                 peer: Some(peer),
             });
         };
+        let started = Instant::now();
         let stream =
             tokio::time::timeout(self.tls_timeout, tls.connect(self.server_name.clone(), tcp))
                 .await
                 .map_err(|_| Error::TlsTimeout)?
                 .map_err(|e| Error::Tls(e.to_string()))?;
+        if let Some(turn) = first {
+            turn.completed(started.elapsed());
+        }
         let (_, conn) = stream.get_ref();
         let h2 = conn.alpn_protocol() == Some(b"h2");
         let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
