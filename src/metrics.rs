@@ -30,6 +30,9 @@ pub struct Metrics {
     pub downstream_connections_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_open`
     pub downstream_connections_open: Gauge,
+    /// `muxgate_shard_connections_open{shard}` (extension, `runtime = "thread-per-core"`):
+    /// client connections each shard thread serves now.
+    pub shard_connections_open: Family<Labels, Gauge>,
     /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
     pub downstream_refused_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/2 client
@@ -139,6 +142,7 @@ impl Metrics {
         let m = Metrics {
             downstream_connections_total: Family::default(),
             downstream_connections_open: Gauge::default(),
+            shard_connections_open: Family::default(),
             downstream_refused_total: Family::default(),
             downstream_closed_total: Family::default(),
             upstream_connections_total: Family::default(),
@@ -169,6 +173,11 @@ impl Metrics {
             "downstream_connections_open",
             "Client connections open",
             m.downstream_connections_open.clone(),
+        );
+        registry.register(
+            "shard_connections_open",
+            "Client connections open per shard thread (runtime = thread-per-core)",
+            m.shard_connections_open.clone(),
         );
         registry.register(
             "downstream_connections_refused",

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
@@ -48,8 +49,26 @@ pub struct Job {
 
 struct Lane {
     tx: mpsc::UnboundedSender<Job>,
-    /// Client connections this shard serves now.
-    open: Arc<AtomicUsize>,
+    /// Client connections this shard serves now (also `muxgate_shard_connections_open`).
+    open: Arc<Open>,
+}
+
+/// A shard's count of open client connections, and its gauge.
+struct Open {
+    n: AtomicUsize,
+    gauge: Gauge,
+}
+
+impl Open {
+    fn inc(&self) {
+        self.n.fetch_add(1, Ordering::AcqRel);
+        self.gauge.inc();
+    }
+
+    fn dec(&self) {
+        self.n.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
 }
 
 /// The shard threads and the way into them. Dropping every handle ends the threads once
@@ -68,7 +87,15 @@ impl Shards {
                 .enable_all()
                 .build()?;
             let (tx, rx) = mpsc::unbounded_channel();
-            let open = Arc::new(AtomicUsize::new(0));
+            let gauge = ctx
+                .metrics
+                .shard_connections_open
+                .get_or_create(&vec![("shard", i.to_string())])
+                .clone();
+            let open = Arc::new(Open {
+                n: AtomicUsize::new(0),
+                gauge,
+            });
             let (ctx, count) = (ctx.clone(), open.clone());
             std::thread::Builder::new()
                 .name(format!("muxgate-shard-{i}"))
@@ -98,7 +125,7 @@ impl Shards {
     pub fn open(&self) -> Vec<usize> {
         self.lanes
             .iter()
-            .map(|l| l.open.load(Ordering::Relaxed))
+            .map(|l| l.open.n.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -108,9 +135,9 @@ impl Shards {
         let counts: Vec<usize> = self.open();
         let pick = least_loaded(&counts, start);
         let lane = &self.lanes[pick];
-        lane.open.fetch_add(1, Ordering::AcqRel);
+        lane.open.inc();
         lane.tx.send(job).map_err(|e| {
-            lane.open.fetch_sub(1, Ordering::AcqRel);
+            lane.open.dec();
             e.0
         })
     }
@@ -131,17 +158,15 @@ pub fn least_loaded(counts: &[usize], start: usize) -> usize {
 }
 
 /// A shard's loop: serve each connection handed over until every sender is gone.
-async fn serve(mut rx: mpsc::UnboundedReceiver<Job>, ctx: Arc<ServerCtx>, open: Arc<AtomicUsize>) {
+async fn serve(mut rx: mpsc::UnboundedReceiver<Job>, ctx: Arc<ServerCtx>, open: Arc<Open>) {
     while let Some(job) = rx.recv().await {
         match tokio::net::TcpStream::from_std(job.stream) {
             Ok(stream) => {
                 let open = open.clone();
-                server::spawn_conn(&ctx, stream, job.peer, job.tls, move || {
-                    open.fetch_sub(1, Ordering::AcqRel);
-                });
+                server::spawn_conn(&ctx, stream, job.peer, job.tls, move || open.dec());
             }
             Err(e) => {
-                open.fetch_sub(1, Ordering::AcqRel);
+                open.dec();
                 ctx.open.fetch_sub(1, Ordering::AcqRel);
                 tracing::warn!(error = %e, peer = %job.peer, "shard cannot take a client connection");
             }

@@ -136,6 +136,11 @@ async fn check_refuses_bad_configs_with_one_line_naming_the_key() {
         ),
         ("TOML syntax error", "listen = [\n".into(), &["config"]),
         ("absurd worker count", "workers = 5000\n".into(), &["workers"]),
+        (
+            "unknown runtime",
+            "runtime = \"fibers\"\n".into(),
+            &["runtime", "thread-per-core"],
+        ),
     ];
     for (i, (case, text, needles)) in cases.iter().enumerate() {
         let path = dir.file(&format!("bad{i}.toml"), text);
@@ -294,14 +299,39 @@ async fn run_then_sigterm_with(
         .expect("wait")
 }
 
-/// Threads of `pid` whose name is tokio's worker-thread name.
+/// Threads of `pid` whose name starts with `prefix`.
 #[cfg(target_os = "linux")]
-fn runtime_workers(pid: u32) -> usize {
+fn threads_named(pid: u32, prefix: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("/proc/PID/task")
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "tokio-rt-worker")
+        .filter(|name| name.trim().starts_with(prefix))
         .count()
+}
+
+/// Threads of `pid` whose name is tokio's worker-thread name.
+#[cfg(target_os = "linux")]
+fn runtime_workers(pid: u32) -> usize {
+    threads_named(pid, "tokio-rt-worker")
+}
+
+/// `runtime = "thread-per-core"`: `workers` shard threads (one per core by default), each with
+/// its own single-threaded runtime, and no work-stealing workers.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn thread_per_core_starts_one_shard_thread_per_worker() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tpc = "runtime = \"thread-per-core\"";
+    for (top, want) in [(format!("{tpc}\nworkers = 3"), 3), (tpc.to_string(), cores)] {
+        let dir = Scratch::new();
+        let mut seen = None;
+        let status = run_then_sigterm_with(&dir, &top, Duration::from_millis(100), |pid| {
+            seen = Some((threads_named(pid, "muxgate-shard-"), runtime_workers(pid)));
+        })
+        .await;
+        assert_eq!(seen, Some((want, 0)), "config {top:?}");
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
 }
 
 /// `workers` sets the runtime's worker threads; 0 (the default) means one per core.

@@ -118,6 +118,15 @@ async fn connections_are_counted_per_shard_while_open() {
     let open = gw.shard_connections().unwrap();
     assert_eq!(open.iter().sum::<usize>(), 5, "{open:?}");
     assert!(open.iter().all(|&n| n == 2 || n == 3), "{open:?}");
+    let metrics = admin_get(&gw, "/metrics").await.text();
+    let gauge = |shard: usize| {
+        support::metric_value(
+            &metrics,
+            &format!("muxgate_shard_connections_open{{shard=\"{shard}\"}}"),
+        )
+    };
+    assert_eq!(gauge(0), Some(open[0] as f64), "{metrics}");
+    assert_eq!(gauge(1), Some(open[1] as f64), "{metrics}");
     drop(clients);
     let gone = support::wait_until(Duration::from_secs(5), || {
         gw.shard_connections() == Some(vec![0, 0])
