@@ -45,6 +45,8 @@
 #   GW_THREADS=$THREADS  gateway threads: HAProxy nbthread, nghttpx workers, muxgate `workers`
 #   ORIGIN_WORKERS=auto  nginx origin worker_processes
 #   EXTRA_MUXGATE='min_connections = 2'   extra TOML lines for muxgate's [[origins]] table
+#   EXTRA_MUXGATE_TOP='runtime = "thread-per-core"'  extra top-level TOML lines for muxgate (and
+#                        muxgate-b, unless EXTRA_MUXGATE_B sets the same key)
 #   BIN_B=path/to/muxgate  adds gateway "muxgate-b": another build (or, with EXTRA_MUXGATE_B,
 #                        other settings) beside this one in the same run, for A/B comparisons:
 #                        GATEWAYS="muxgate muxgate-b haproxy" BIN_B=/tmp/muxgate-old
@@ -66,6 +68,7 @@ THREADS=${THREADS:-$(nproc)}
 GW_THREADS=${GW_THREADS:-$THREADS}
 ORIGIN_WORKERS=${ORIGIN_WORKERS:-auto}
 EXTRA_MUXGATE=${EXTRA_MUXGATE:-}
+EXTRA_MUXGATE_TOP=${EXTRA_MUXGATE_TOP:-}
 SNI=origin.test
 # muxgate reads MUXGATE_* variables as configuration: keep the caller's out of the measurement.
 for v in $(compgen -e | grep '^MUXGATE_' || true); do unset "$v"; done
@@ -332,6 +335,7 @@ write_configs() {
   cat >"$d/muxgate.toml" <<TOML
 listen = ["127.0.0.1:${gport[muxgate]:-0}"]
 workers = $GW_THREADS
+$EXTRA_MUXGATE_TOP
 [admin]
 listen = ""
 [client]
@@ -646,7 +650,7 @@ out_md=${OUT:-bench/results/compare-$(date -u +%Y-%m-%d).md}
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); load average before/after: $load_before / $load_after."
   echo "Versions: muxgate $("$bin" --version | awk '{print $2}') ($(git -C "$root_dir" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root_dir" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', modified')), $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nghttpx --version | head -1), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')."
   [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}${EXTRA_MUXGATE_B_ORIGIN:+, extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_ORIGIN")\`}${PROCS_B:+, $PROCS_B processes on one port}."
-  echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $GW_THREADS, nghttpx workers $GW_THREADS, muxgate workers $GW_THREADS; origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}"
+  echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $GW_THREADS, nghttpx workers $GW_THREADS, muxgate workers $GW_THREADS; origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE_TOP:+ muxgate extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_TOP")\`.}${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}"
   echo
   python3 - "$raw" "$GATEWAYS" "$CASES" <<'PY'
 import csv, statistics as st, sys

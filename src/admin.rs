@@ -167,14 +167,12 @@ fn pool_json(proxy: &Proxy) -> String {
         .origins()
         .map(|o| {
             let conns: Vec<_> = o
-                .shard_stats()
+                .stats()
                 .iter()
-                .enumerate()
-                .flat_map(|(shard, v)| v.iter().map(move |c| (shard, c)))
-                .map(|(shard, c)| {
+                .map(|c| {
                     serde_json::json!({
                         "id": c.id,
-                        "shard": shard,
+                        "shard": c.shard,
                         "protocol": c.protocol,
                         "streams_in_flight": c.in_flight,
                         "max_streams": c.max_streams,

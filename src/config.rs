@@ -607,9 +607,9 @@ pub struct ValidOrigin {
     pub servers: Vec<(String, u16)>,
     /// `[dns] hosts_file`: resolve names from this file instead of the system resolver.
     pub hosts_file: Option<PathBuf>,
-    /// Shards of the origin's pool: 1, or one per shard thread with
-    /// `runtime = "thread-per-core"` (the pool's limits are divided among them).
-    pub shards: usize,
+    /// Where the pool's connections run: set by `Gateway::start` with
+    /// `runtime = "thread-per-core"` (the shard runtimes); empty otherwise.
+    pub placement: crate::shard::Placement,
 }
 
 /// A configuration that passed [`Config::validate`].
@@ -757,7 +757,6 @@ impl Config {
         for (i, o) in self.origins.iter().enumerate() {
             let mut v = validate_origin(&format!("origins.{i}"), o)?;
             v.hosts_file = self.dns.hosts_file.clone();
-            v.shards = shards;
             if !names.insert(o.name.clone()) {
                 return Err(err(
                     format!("origins.{i}.name"),
@@ -903,7 +902,7 @@ fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
         port,
         servers,
         hosts_file: None,
-        shards: 1,
+        placement: Default::default(),
     })
 }
 

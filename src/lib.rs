@@ -75,6 +75,8 @@ pub struct Gateway {
     tracker: TaskTracker,
     /// The shard threads (`runtime = "thread-per-core"`).
     shards: Option<Arc<shard::Shards>>,
+    /// Where origin connections run (the shards' runtimes; empty without shards).
+    placement: shard::Placement,
 }
 
 /// What a successful [`Gateway::reload`] did.
@@ -92,7 +94,18 @@ pub struct ReloadReport {
 
 impl Gateway {
     /// Binds every listener and starts serving. Port 0 binds an ephemeral port.
-    pub async fn start(cfg: ValidConfig) -> Result<Gateway, String> {
+    pub async fn start(mut cfg: ValidConfig) -> Result<Gateway, String> {
+        let runtimes = match cfg.raw.runtime.as_str() {
+            "thread-per-core" => Some(
+                shard::ShardRuntimes::build(cfg.shards)
+                    .map_err(|e| format!("cannot start the shard threads: {e}"))?,
+            ),
+            _ => None,
+        };
+        let placement = runtimes.as_ref().map(|r| r.placement()).unwrap_or_default();
+        for o in &mut cfg.origins {
+            o.placement = placement.clone();
+        }
         let metrics = Metrics::new();
         let proxy = Arc::new(Proxy::new(&cfg, &metrics)?);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -108,18 +121,20 @@ impl Gateway {
             shutdown: shutdown_rx.clone(),
             tracker: tracker.clone(),
         });
-        let shards = match cfg.raw.runtime.as_str() {
-            "thread-per-core" => Some(
-                shard::Shards::start(cfg.shards, ctx.clone())
+        let shards = match runtimes {
+            Some(r) => Some(
+                r.start(ctx.clone())
                     .map_err(|e| format!("cannot start the shard threads: {e}"))?,
             ),
-            _ => None,
+            None => None,
         };
+        let reuse_port = cfg.raw.reuse_port;
         let mut http_addrs = Vec::new();
         for a in &cfg.listen {
-            let l = bind(*a, cfg.raw.reuse_port).await?;
-            http_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
-            tokio::spawn(server::accept_loop(l, None, ctx.clone(), shards.clone()));
+            let l = bind(*a, reuse_port).await?;
+            let addr = l.local_addr().map_err(|e| e.to_string())?;
+            http_addrs.push(addr);
+            serve_listener(l, addr, None, &ctx, &shards, reuse_port).await?;
         }
         let mut tls_addrs = Vec::new();
         let mut certs = Vec::new();
@@ -129,14 +144,11 @@ impl Gateway {
             // offering only http/1.1 get HTTP/1.1.
             let sc = tls::server_config(cert.clone(), &[b"h2", b"http/1.1"])?;
             certs.push(cert);
-            let l = bind(t.addr, cfg.raw.reuse_port).await?;
-            tls_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
-            tokio::spawn(server::accept_loop(
-                l,
-                Some(TlsAcceptor::from(sc)),
-                ctx.clone(),
-                shards.clone(),
-            ));
+            let l = bind(t.addr, reuse_port).await?;
+            let addr = l.local_addr().map_err(|e| e.to_string())?;
+            tls_addrs.push(addr);
+            let acceptor = Some(TlsAcceptor::from(sc));
+            serve_listener(l, addr, acceptor, &ctx, &shards, reuse_port).await?;
         }
         let admin_addr = match cfg.admin {
             Some(a) => {
@@ -158,6 +170,7 @@ impl Gateway {
             shutdown_tx,
             tracker,
             shards,
+            placement,
         })
     }
 
@@ -179,10 +192,10 @@ impl Gateway {
     fn try_reload(&self, mut new: ValidConfig) -> Result<ReloadReport, String> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         // The shard threads are fixed at start (`runtime` and `workers` need a restart): new
-        // pools get as many sub-pools as there are shards.
+        // pools place their connections on the running shards.
         new.shards = running.shards;
         for o in &mut new.origins {
-            o.shards = running.shards;
+            o.placement = self.placement.clone();
         }
         let plan = reload::plan(&running, &new);
         // Load everything that can fail before swapping anything.
@@ -269,6 +282,28 @@ impl Gateway {
         let drain_timeout = self.live.limits.load().drain_timeout.0;
         tokio::time::timeout(drain_timeout, drain).await.is_ok()
     }
+}
+
+/// Starts accepting on a bound client listener: on this runtime; or with shards, one socket
+/// per shard (`reuse_port`), else on this runtime handing connections to the shards.
+async fn serve_listener(
+    l: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    ctx: &Arc<ServerCtx>,
+    shards: &Option<Arc<shard::Shards>>,
+    reuse_port: bool,
+) -> Result<(), String> {
+    let accepted = match shards {
+        Some(sh) if reuse_port => {
+            // `addr`, not the configured address: port 0 was bound to a real port.
+            return sh.listen(l, || bind(addr, true), tls, ctx).await;
+        }
+        Some(sh) => server::Accepted::Dispatch(sh.clone()),
+        None => server::Accepted::Serve(None),
+    };
+    tokio::spawn(server::accept_loop(l, tls, ctx.clone(), accepted));
+    Ok(())
 }
 
 /// Binds a listener. With `reuse_port` (client listeners, `reuse_port = true`), another process

@@ -24,7 +24,7 @@ use crate::config::ClientLimits;
 use crate::h2guard::{self, Guarded, Prefixed};
 use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, ConnHold, Proxy};
-use crate::shard::{Job, Shards};
+use crate::shard::{Job, Open, Shards};
 
 /// What a configuration reload swaps. Read once per request (the proxy: routes, pools, cache)
 /// or once per accepted connection (the limits), so a reload never disturbs a request in flight
@@ -50,13 +50,21 @@ pub struct ServerCtx {
     pub tracker: TaskTracker,
 }
 
-/// Accepts on `listener` until shutdown. With `shards` (thread-per-core) each connection goes
-/// to a shard thread ([`crate::shard`]); otherwise it is served on this runtime.
+/// What an accept loop does with a connection.
+pub enum Accepted {
+    /// Serves it on this runtime (counted in the shard's `Open` when it runs on a shard).
+    Serve(Option<Arc<Open>>),
+    /// Hands it to the least busy shard thread (`runtime = "thread-per-core"` with
+    /// `reuse_port = false`: one socket, accepted on the main thread).
+    Dispatch(Arc<Shards>),
+}
+
+/// Accepts on `listener` until shutdown.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     ctx: Arc<ServerCtx>,
-    shards: Option<Arc<Shards>>,
+    accepted: Accepted,
 ) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
@@ -83,9 +91,18 @@ pub async fn accept_loop(
             continue;
         }
         ctx.open.fetch_add(1, Ordering::AcqRel);
-        let Some(shards) = &shards else {
-            spawn_conn(&ctx, stream, peer, tls.clone(), || {});
-            continue;
+        let shards = match &accepted {
+            Accepted::Serve(None) => {
+                spawn_conn(&ctx, stream, peer, tls.clone(), || {});
+                continue;
+            }
+            Accepted::Serve(Some(open)) => {
+                open.inc();
+                let open = open.clone();
+                spawn_conn(&ctx, stream, peer, tls.clone(), move || open.dec());
+                continue;
+            }
+            Accepted::Dispatch(shards) => shards,
         };
         let handed = stream
             .into_std()

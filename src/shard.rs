@@ -10,9 +10,13 @@
 //! - the listeners' accept loops stay on the main runtime and hand every accepted connection to
 //!   the shard with the fewest open client connections (ties: round robin), so the split stays
 //!   even, which keeps the origin connection count at what the load needs;
-//! - each origin pool has one sub-pool per shard ([`crate::upstream::OriginPool`]), picked by
-//!   [`current`] and dialled from the shard's own tasks, so a client's task and its origin
-//!   connection run on the same thread;
+//! - each origin keeps one pool (its limits and the rule "a new connection only when every open
+//!   one is full" hold per origin, as with one runtime), but every origin connection is driven
+//!   by one shard (its *home*): a new HTTP/2 connection is dialled on the shard that is home to
+//!   the fewest, and a request takes a stream on a connection of its own shard when one has
+//!   room ([`Placement`]); an HTTP/1.1 request takes an idle connection of its own shard first.
+//!   Once the load needs as many connections as there are shards, a client's task and the
+//!   origin connection carrying its requests run on the same thread;
 //! - the cache, the metrics, the admin listener, the configuration and the origins' TLS session
 //!   stores stay shared (one per process).
 
@@ -22,19 +26,140 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::server::{self, ServerCtx};
 
 thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// The shard the calling thread belongs to; 0 outside shard threads (the main runtime, tests,
-/// `runtime = "work-stealing"`).
-pub fn current() -> usize {
+/// The shard the calling thread belongs to; `None` outside shard threads (the main runtime,
+/// tests, `runtime = "work-stealing"`).
+pub fn current() -> Option<usize> {
     INDEX.with(|c| c.get())
+}
+
+/// Where origin connections run: the shards' runtimes (`runtime = "thread-per-core"`), or
+/// nowhere in particular (the default: the caller's runtime).
+#[derive(Clone, Default)]
+pub struct Placement(Option<Arc<[Handle]>>);
+
+impl std::fmt::Debug for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Placement({} shards)", self.shards())
+    }
+}
+
+impl Placement {
+    /// Number of shards (0: none).
+    pub fn shards(&self) -> usize {
+        self.0.as_ref().map_or(0, |h| h.len())
+    }
+
+    /// Runs `fut` on shard `home`'s runtime, or on the caller's runtime without shards.
+    pub fn spawn<F>(&self, home: Option<usize>, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match (&self.0, home) {
+            (Some(handles), Some(i)) if i < handles.len() => {
+                handles[i].spawn(fut);
+            }
+            _ => {
+                tokio::spawn(fut);
+            }
+        }
+    }
+
+    /// The shard that should be home to the next connection, given how many live ones each
+    /// shard is home to now (`homes` yields each live connection's home): the one with the
+    /// fewest, ties going to the calling shard, then the next ones in order. `None` without
+    /// shards.
+    pub fn next_home(&self, homes: impl Iterator<Item = Option<usize>>) -> Option<usize> {
+        let n = self.shards();
+        if n == 0 {
+            return None;
+        }
+        let mut counts = vec![0usize; n];
+        for h in homes.flatten() {
+            if let Some(c) = counts.get_mut(h) {
+                *c += 1;
+            }
+        }
+        Some(least_loaded(&counts, current().unwrap_or(0)))
+    }
+}
+
+impl Drop for ShardRuntimes {
+    /// Runtimes never started (the gateway failed to start): dropped without blocking, as
+    /// this may run inside the caller's runtime.
+    fn drop(&mut self) {
+        for rt in self.runtimes.drain(..) {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Shard runtimes built but not running yet: their handles go into the origin pools (which
+/// the shard threads' context needs), then [`ShardRuntimes::start`] starts the threads.
+pub struct ShardRuntimes {
+    runtimes: Vec<tokio::runtime::Runtime>,
+}
+
+impl ShardRuntimes {
+    /// Builds `n` (at least 1) single-threaded runtimes.
+    pub fn build(n: usize) -> std::io::Result<ShardRuntimes> {
+        let runtimes = (0..n.max(1))
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ShardRuntimes { runtimes })
+    }
+
+    /// Where origin connections of these shards run.
+    pub fn placement(&self) -> Placement {
+        Placement(Some(
+            self.runtimes.iter().map(|r| r.handle().clone()).collect(),
+        ))
+    }
+
+    /// Starts one thread per runtime (`muxgate-shard-0`, …) serving connections with `ctx`.
+    pub fn start(mut self, ctx: Arc<ServerCtx>) -> std::io::Result<Arc<Shards>> {
+        let runtimes = std::mem::take(&mut self.runtimes);
+        let handles: Arc<[Handle]> = runtimes.iter().map(|r| r.handle().clone()).collect();
+        let mut lanes = Vec::with_capacity(runtimes.len());
+        for (i, rt) in runtimes.into_iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let gauge = ctx
+                .metrics
+                .shard_connections_open
+                .get_or_create(&vec![("shard", i.to_string())])
+                .clone();
+            let open = Arc::new(Open {
+                n: AtomicUsize::new(0),
+                gauge,
+            });
+            let (ctx, count) = (ctx.clone(), open.clone());
+            std::thread::Builder::new()
+                .name(format!("muxgate-shard-{i}"))
+                .spawn(move || {
+                    INDEX.with(|c| c.set(Some(i)));
+                    rt.block_on(serve(rx, ctx, count));
+                })?;
+            lanes.push(Lane { tx, open });
+        }
+        Ok(Arc::new(Shards {
+            lanes,
+            next: AtomicUsize::new(0),
+            placement: Placement(Some(handles)),
+        }))
+    }
 }
 
 /// An accepted client connection on its way to a shard.
@@ -54,18 +179,20 @@ struct Lane {
 }
 
 /// A shard's count of open client connections, and its gauge.
-struct Open {
+pub struct Open {
     n: AtomicUsize,
     gauge: Gauge,
 }
 
 impl Open {
-    fn inc(&self) {
+    /// One more connection.
+    pub fn inc(&self) {
         self.n.fetch_add(1, Ordering::AcqRel);
         self.gauge.inc();
     }
 
-    fn dec(&self) {
+    /// One fewer.
+    pub fn dec(&self) {
         self.n.fetch_sub(1, Ordering::AcqRel);
         self.gauge.dec();
     }
@@ -76,39 +203,48 @@ impl Open {
 pub struct Shards {
     lanes: Vec<Lane>,
     next: AtomicUsize,
+    placement: Placement,
 }
 
 impl Shards {
-    /// Starts `n` shard threads (`muxgate-shard-0`, …) serving connections with `ctx`.
-    pub fn start(n: usize, ctx: Arc<ServerCtx>) -> std::io::Result<Arc<Shards>> {
-        let mut lanes = Vec::with_capacity(n);
-        for i in 0..n.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (tx, rx) = mpsc::unbounded_channel();
-            let gauge = ctx
-                .metrics
-                .shard_connections_open
-                .get_or_create(&vec![("shard", i.to_string())])
-                .clone();
-            let open = Arc::new(Open {
-                n: AtomicUsize::new(0),
-                gauge,
-            });
-            let (ctx, count) = (ctx.clone(), open.clone());
-            std::thread::Builder::new()
-                .name(format!("muxgate-shard-{i}"))
-                .spawn(move || {
-                    INDEX.with(|c| c.set(i));
-                    rt.block_on(serve(rx, ctx, count));
-                })?;
-            lanes.push(Lane { tx, open });
+    /// Serves `listener` with an accept loop on every shard: one socket per shard, all bound
+    /// to the listener's address with `SO_REUSEPORT`, so the kernel spreads new connections
+    /// over the shards and none is handed from thread to thread. `listener` (bound with
+    /// `SO_REUSEPORT`) becomes shard 0's; `more` binds another socket for each further shard.
+    pub async fn listen<B, F>(
+        &self,
+        listener: tokio::net::TcpListener,
+        mut more: B,
+        tls: Option<TlsAcceptor>,
+        ctx: &Arc<ServerCtx>,
+    ) -> Result<(), String>
+    where
+        B: FnMut() -> F,
+        F: std::future::Future<Output = Result<tokio::net::TcpListener, String>>,
+    {
+        let mut sockets = vec![listener];
+        for _ in 1..self.lanes.len() {
+            sockets.push(more().await?);
         }
-        Ok(Arc::new(Shards {
-            lanes,
-            next: AtomicUsize::new(0),
-        }))
+        for (i, l) in sockets.into_iter().enumerate() {
+            // Moved to the shard's runtime: out of this runtime's reactor, into the shard's.
+            let l = l
+                .into_std()
+                .map_err(|e| format!("listener for shard {i}: {e}"))?;
+            let (tls, ctx) = (tls.clone(), ctx.clone());
+            let open = self.lanes[i].open.clone();
+            self.placement.spawn(Some(i), async move {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        server::accept_loop(l, tls, ctx, server::Accepted::Serve(Some(open))).await
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = i, error = %e, "shard cannot take its listener")
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 
     /// Number of shards.
@@ -192,15 +328,43 @@ mod tests {
     }
 
     #[test]
-    fn outside_a_shard_thread_the_index_is_zero() {
-        assert_eq!(current(), 0);
+    fn outside_a_shard_thread_there_is_no_index() {
+        assert_eq!(current(), None);
         let seen = std::thread::spawn(|| {
-            INDEX.with(|c| c.set(3));
+            INDEX.with(|c| c.set(Some(3)));
             current()
         })
         .join()
         .ok();
-        assert_eq!(seen, Some(3));
-        assert_eq!(current(), 0);
+        assert_eq!(seen, Some(Some(3)));
+        assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn next_home_is_the_shard_home_to_the_fewest() {
+        let none = Placement::default();
+        assert_eq!(none.next_home([Some(0)].into_iter()), None);
+        let rts = ShardRuntimes::build(3).unwrap();
+        let p = rts.placement();
+        assert_eq!(p.shards(), 3);
+        // Outside a shard, ties start at shard 0.
+        assert_eq!(p.next_home(std::iter::empty()), Some(0));
+        assert_eq!(p.next_home([Some(0)].into_iter()), Some(1));
+        assert_eq!(p.next_home([Some(0), Some(1)].into_iter()), Some(2));
+        assert_eq!(
+            p.next_home([Some(0), Some(2), Some(1), Some(0)].into_iter()),
+            Some(1)
+        );
+        // Connections with no home (dialled outside the shards) and stray indexes count for none.
+        assert_eq!(p.next_home([None, Some(7), Some(0)].into_iter()), Some(1));
+        // From a shard thread, ties go to that shard.
+        let p2 = p.clone();
+        let seen = std::thread::spawn(move || {
+            INDEX.with(|c| c.set(Some(2)));
+            p2.next_home([Some(1)].into_iter())
+        })
+        .join()
+        .ok();
+        assert_eq!(seen, Some(Some(2)));
     }
 }

@@ -50,6 +50,8 @@ pub struct H1Conn {
     checked: u64,
     /// `drain_all` count when the connection opened; an older one is not reused.
     epoch: u64,
+    /// The shard whose runtime drives it (see [`crate::shard`]).
+    home: Option<usize>,
 }
 
 impl H1Conn {
@@ -265,6 +267,7 @@ impl H1Pool {
                 served: i.conn.served,
                 resumed: i.conn.resumed,
                 peer: i.conn.peer,
+                shard: i.conn.home,
             })
             .collect()
     }
@@ -295,9 +298,17 @@ impl Shared {
         }
     }
 
+    /// The most recently returned idle connection that is still good; with shards, the most
+    /// recent one at home on the caller's shard first (its driver then runs on this thread).
     fn pop_idle(&self) -> Option<H1Conn> {
+        let here = crate::shard::current();
         let mut idle = self.lock();
-        while let Some(mut i) = idle.pop() {
+        loop {
+            let local = here.and_then(|_| idle.iter().rposition(|i| i.conn.home == here));
+            let mut i = match local {
+                Some(at) => idle.remove(at),
+                None => idle.pop()?,
+            };
             if !i.conn.sender.is_closed()
                 && i.since.elapsed() < self.idle_timeout
                 && self.wanted(&mut i.conn)
@@ -305,7 +316,6 @@ impl Shared {
                 return Some(i.conn);
             }
         }
-        None
     }
 
     /// Whether `conn` may serve another request: not drained by `drain_all`, and its address
@@ -367,6 +377,8 @@ impl Shared {
             // Never checked: the address may be from a list replaced during the dial.
             checked: u64::MAX,
             epoch,
+            // Its driver was spawned above, on this runtime.
+            home: crate::shard::current(),
         })
     }
 }

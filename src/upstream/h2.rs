@@ -186,6 +186,8 @@ pub struct H2Conn {
     _retire: oneshot::Sender<()>,
     /// The address dialled (`None` in memory).
     peer: Option<SocketAddr>,
+    /// The shard whose runtime drives it (see [`crate::shard`]).
+    home: Option<usize>,
 }
 
 /// How long a connection nobody holds any more (its pool was dropped, or it left the pool) may
@@ -332,16 +334,30 @@ impl State {
     /// (least loaded: a multi-process origin serves each connection on its own core); beyond
     /// them, first fit in age order, so connections opened for a burst fall idle when it ends
     /// and `idle_timeout` closes them. Retiring connections serve only when nothing else can.
-    fn pick(&self, min: usize) -> Option<usize> {
+    /// With shards, a connection at home on `prefer` (the caller's shard) goes first by these
+    /// rules, then any other: the request and the connection then run on the same thread.
+    fn pick(&self, min: usize, prefer: Option<usize>) -> Option<usize> {
+        let local = match prefer {
+            Some(_) => self.pick_live(min, |s| s.conn.home == prefer),
+            None => None,
+        };
+        local.or_else(|| self.pick_live(min, |_| true)).or_else(|| {
+            (0..self.slots.len())
+                .filter(|&i| self.slots[i].retiring && self.slots[i].has_room())
+                .min_by_key(|&i| self.slots[i].in_flight)
+        })
+    }
+
+    /// [`State::pick`] among the usable connections that pass `ok`.
+    fn pick_live(&self, min: usize, ok: impl Fn(&Slot) -> bool) -> Option<usize> {
         // Runs under the pool lock on every request: iterators only, no allocation.
         let usable = || (0..self.slots.len()).filter(|&i| self.slots[i].usable());
-        let least = |idx: &mut dyn Iterator<Item = usize>| {
-            idx.filter(|&i| self.slots[i].has_room())
-                .min_by_key(|&i| self.slots[i].in_flight)
-        };
-        least(&mut usable().take(min))
-            .or_else(|| usable().skip(min).find(|&i| self.slots[i].has_room()))
-            .or_else(|| least(&mut (0..self.slots.len()).filter(|&i| self.slots[i].retiring)))
+        let fits = |i: &usize| ok(&self.slots[*i]) && self.slots[*i].has_room();
+        usable()
+            .take(min)
+            .filter(fits)
+            .min_by_key(|&i| self.slots[i].in_flight)
+            .or_else(|| usable().skip(min).find(fits))
     }
 
     fn pop_waiter(&mut self) -> Option<oneshot::Sender<Handoff>> {
@@ -370,6 +386,8 @@ struct Shared {
     min_connections: usize,
     max_connections: usize,
     max_pending: usize,
+    /// Where dials (and so connections) run.
+    placement: crate::shard::Placement,
     pending_timeout: Duration,
     idle_timeout: Duration,
     max_age: Option<Duration>,
@@ -482,6 +500,7 @@ impl H2Pool {
             min_connections: r.min_connections,
             max_connections: r.max_connections,
             max_pending: r.max_pending,
+            placement: o.placement.clone(),
             pending_timeout: r.pending_timeout.0,
             idle_timeout: r.idle_timeout.0,
             max_age: (!r.max_connection_age.0.is_zero()).then_some(r.max_connection_age.0),
@@ -501,7 +520,7 @@ impl H2Pool {
         let rx = {
             let mut st = s.lock();
             st.remove_finished();
-            if let Some(i) = st.pick(s.min_connections) {
+            if let Some(i) = st.pick(s.min_connections, crate::shard::current()) {
                 st.slots[i].in_flight += 1;
                 let lease = H2Lease::new(s, &st.slots[i].conn);
                 if st.live() < s.min_connections {
@@ -582,6 +601,7 @@ impl H2Pool {
                 served: s.conn.served.load(Ordering::Relaxed),
                 resumed: s.conn.resumed,
                 peer: s.conn.peer,
+                shard: s.conn.home,
             })
             .collect()
     }
@@ -594,12 +614,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Dials one more connection unless one is being dialled or the pool is full. With shards
+    /// the dial (and so the connection's driver) runs on the shard home to the fewest live
+    /// connections, so each shard gets connections of its own as the load grows.
     fn maybe_dial(self: &Arc<Self>, st: &mut State) {
         if st.dialing || st.live() >= self.max_connections {
             return;
         }
         st.dialing = true;
-        tokio::spawn(dial(self.clone()));
+        let home = self
+            .placement
+            .next_home(st.slots.iter().filter(|s| s.usable()).map(|s| s.conn.home));
+        self.placement.spawn(home, dial(self.clone()));
     }
 
     /// Frees a slot or hands it to the oldest live waiter.
@@ -643,7 +669,7 @@ impl Shared {
                 let mut st = self.lock();
                 // Waiters that gave up must not cause a dial.
                 st.waiters.retain(|w| !w.is_closed());
-                let Some(i) = st.pick(self.min_connections) else {
+                let Some(i) = st.pick(self.min_connections, None) else {
                     if !st.waiters.is_empty() {
                         self.maybe_dial(&mut st);
                     }
@@ -771,6 +797,8 @@ async fn connect(
         resumed: c.resumed,
         served: AtomicU64::new(0),
         peer: c.peer,
+        // The driver is spawned below, on this (the dial's) runtime.
+        home: crate::shard::current(),
     });
     tracing::debug!(origin = %shared.origin, conn = id, resumed = ?c.resumed, peer = ?c.peer, "h2 connection open");
     let weak = Arc::downgrade(shared);

@@ -94,6 +94,9 @@ pub struct ConnStats {
     pub resumed: Option<bool>,
     /// The origin address dialled (`None` for an in-memory test connection).
     pub peer: Option<SocketAddr>,
+    /// The shard thread whose runtime drives the connection (`runtime = "thread-per-core"`;
+    /// `None` otherwise).
+    pub shard: Option<usize>,
 }
 
 /// A transport that keeps the `upstream_connections_open` gauge right: +1 when made, −1 when
@@ -336,18 +339,12 @@ enum AttemptError {
     Acquire(Error),
 }
 
-/// One shard's pools of an origin (see [`crate::shard`]).
-struct Sub {
-    h2: Option<H2Pool>,
-    h1: H1Pool,
-}
-
 /// Everything that talks to one origin.
 pub struct OriginPool {
     name: Arc<str>,
     connector: Arc<Connector>,
-    /// One per shard (one without `runtime = "thread-per-core"`); never empty.
-    subs: Box<[Sub]>,
+    h2: Option<H2Pool>,
+    h1: H1Pool,
     /// The re-resolution task (`None` when every server is an IP literal); aborted on drop.
     _refresh: Option<AbortOnDropHandle<()>>,
     use_h1: Arc<AtomicBool>,
@@ -380,34 +377,32 @@ impl OriginPool {
         let refresh = connector.needs_refresh();
         let use_h1 = Arc::new(AtomicBool::new(false));
         let wants_h2 = o.scheme == Scheme::Https && o.raw.alpn.iter().any(|p| p == "h2");
-        let shard = shard_limits(o);
-        let subs: Box<[Sub]> = (0..o.shards.max(1))
-            .map(|_| {
-                let h1 = H1Pool::new(&shard, connector.clone(), metrics.clone(), next_id.clone());
-                let h2 = wants_h2.then(|| {
-                    H2Pool::new(
-                        &shard,
-                        connector.clone(),
-                        h1.clone(),
-                        use_h1.clone(),
-                        metrics.clone(),
-                        next_id.clone(),
-                    )
-                });
-                Sub { h2, h1 }
-            })
-            .collect();
+        let h1 = H1Pool::new(o, connector.clone(), metrics.clone(), next_id.clone());
+        let h2 = wants_h2.then(|| {
+            H2Pool::new(
+                o,
+                connector.clone(),
+                h1.clone(),
+                use_h1.clone(),
+                metrics.clone(),
+                next_id.clone(),
+            )
+        });
         if o.scheme == Scheme::Https && !o.raw.tls_verify {
             tracing::warn!(origin = %o.raw.name, "tls_verify = false: the origin's certificate is NOT verified");
         }
         let refresh = refresh.then(|| {
-            let pools = subs.iter().map(|s| (s.h2.clone(), s.h1.clone())).collect();
-            AbortOnDropHandle::new(tokio::spawn(refresh_loop(connector.clone(), pools)))
+            AbortOnDropHandle::new(tokio::spawn(refresh_loop(
+                connector.clone(),
+                h2.clone(),
+                h1.clone(),
+            )))
         });
         Ok(OriginPool {
             name: Arc::from(o.raw.name.as_str()),
             connector,
-            subs,
+            h2,
+            h1,
             _refresh: refresh,
             use_h1,
             metrics,
@@ -435,31 +430,14 @@ impl OriginPool {
         &self.metrics
     }
 
-    /// The calling shard's pools (the only one without `runtime = "thread-per-core"`).
-    fn sub(&self) -> &Sub {
-        // In range: `subs` is never empty.
-        &self.subs[crate::shard::current() % self.subs.len()]
-    }
-
-    /// Shards of this pool.
-    pub fn shards(&self) -> usize {
-        self.subs.len()
-    }
-
     /// `h2`, `http/1.1`, or `unknown` before the first connection.
     pub fn protocol(&self) -> &'static str {
-        if self.subs.iter().all(|s| s.h2.is_none()) || self.use_h1.load(Ordering::Acquire) {
-            return "http/1.1";
+        match &self.h2 {
+            None => "http/1.1",
+            Some(_) if self.use_h1.load(Ordering::Acquire) => "http/1.1",
+            Some(p) if p.stats().is_empty() => "unknown",
+            Some(_) => "h2",
         }
-        if self
-            .subs
-            .iter()
-            .filter_map(|s| s.h2.as_ref())
-            .all(|p| p.stats().is_empty())
-        {
-            return "unknown";
-        }
-        "h2"
     }
 
     /// True once every server entry of the origin has at least one address (IP literals
@@ -472,29 +450,17 @@ impl OriginPool {
     /// streams and then close, idle HTTP/1.1 ones close now and busy ones after their response.
     /// Requests sent after this open new connections.
     pub fn drain_all(&self) {
-        for sub in self.subs.iter() {
-            if let Some(p) = &sub.h2 {
-                p.drain_all();
-            }
-            sub.h1.drain_all();
+        if let Some(p) = &self.h2 {
+            p.drain_all();
         }
+        self.h1.drain_all();
     }
 
-    /// Connection snapshots (h2 connections, then idle HTTP/1.1 ones; shard by shard).
+    /// Connection snapshots (h2 connections, then idle HTTP/1.1 ones).
     pub fn stats(&self) -> Vec<ConnStats> {
-        self.shard_stats().into_iter().flatten().collect()
-    }
-
-    /// Connection snapshots per shard (one list without `runtime = "thread-per-core"`).
-    pub fn shard_stats(&self) -> Vec<Vec<ConnStats>> {
-        self.subs
-            .iter()
-            .map(|sub| {
-                let mut v = sub.h2.as_ref().map(|p| p.stats()).unwrap_or_default();
-                v.extend(sub.h1.stats());
-                v
-            })
-            .collect()
+        let mut v = self.h2.as_ref().map(|p| p.stats()).unwrap_or_default();
+        v.extend(self.h1.stats());
+        v
     }
 
     /// Sends one request, retrying where the rules allow.
@@ -505,7 +471,7 @@ impl OriginPool {
             let Some(body) = out.take_body() else {
                 return Err(Error::Reset("request body already sent".into()));
             };
-            let h2 = match &self.sub().h2 {
+            let h2 = match &self.h2 {
                 Some(p) if !self.use_h1.load(Ordering::Acquire) => Some(p),
                 _ => None,
             };
@@ -631,7 +597,7 @@ impl OriginPool {
     }
 
     async fn try_h1(&self, out: &OutHead, body: UpBody) -> Result<Upstream, AttemptError> {
-        let mut lease = match self.sub().h1.acquire().await {
+        let mut lease = match self.h1.acquire().await {
             Ok(l) => l,
             Err(e) => return Err(AttemptError::Acquire(e)),
         };
@@ -666,40 +632,20 @@ impl OriginPool {
 }
 
 /// Re-resolves the origin's names for as long as the pool lives, then drains connections to
-/// addresses that are gone (in every shard's pools). Runs the stale check after every
-/// resolution, changed or not: a dial racing a change may have added a connection to an old
-/// address after the previous check.
-async fn refresh_loop(connector: Arc<Connector>, pools: Vec<(Option<H2Pool>, H1Pool)>) {
+/// addresses that are gone. Runs the stale check after every resolution, changed or not: a dial
+/// racing a change may have added a connection to an old address after the previous check.
+async fn refresh_loop(connector: Arc<Connector>, h2: Option<H2Pool>, h1: H1Pool) {
     loop {
         let r = connector.refresh().await;
-        for (h2, h1) in &pools {
-            if let Some(p) = h2 {
-                p.retire_stale();
-            }
-            let closed = h1.drop_stale();
-            if closed > 0 {
-                tracing::info!(origin = %h1.origin(), connections = closed, "origin address gone: closed idle http/1.1 connections");
-            }
+        if let Some(p) = &h2 {
+            p.retire_stale();
+        }
+        let closed = h1.drop_stale();
+        if closed > 0 {
+            tracing::info!(origin = %h1.origin(), connections = closed, "origin address gone: closed idle http/1.1 connections");
         }
         tokio::time::sleep(r.next).await;
     }
-}
-
-/// The limits one shard's pools get: the origin's totals divided among its shards, at least 1
-/// each (`min_connections` rounds up, so together they keep at least the configured number).
-fn shard_limits(o: &ValidOrigin) -> ValidOrigin {
-    let n = o.shards.max(1);
-    if n == 1 {
-        return o.clone();
-    }
-    let mut s = o.clone();
-    let share = |v: usize| (v / n).max(1);
-    s.raw.min_connections = o.raw.min_connections.div_ceil(n);
-    s.raw.max_connections = share(o.raw.max_connections);
-    s.raw.h1_max_connections = share(o.raw.h1_max_connections);
-    s.raw.h1_max_idle = share(o.raw.h1_max_idle);
-    s.raw.max_pending = share(o.raw.max_pending);
-    s
 }
 
 /// RFC 9110 §9.2.2.

@@ -173,7 +173,7 @@ impl OriginPool {
     /// The RFC 8441 carrier; `Ok(None)` when it does not apply (not a WebSocket, no h2 pool,
     /// or the origin's connection lacks `SETTINGS_ENABLE_CONNECT_PROTOCOL`).
     async fn upgrade_h2(&self, req: &UpgradeRequest) -> Result<Option<UpgradeOutcome>, Error> {
-        let pool = match &self.sub().h2 {
+        let pool = match &self.h2 {
             Some(p) if req.websocket && !self.use_h1.load(Ordering::Acquire) => p,
             _ => return Ok(None),
         };
