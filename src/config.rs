@@ -231,10 +231,9 @@ pub struct Config {
     /// Runtime worker threads (`work-stealing`) or shards (`thread-per-core`). `0` (default):
     /// one per core. Read at start only.
     pub workers: usize,
-    /// How work is spread over the threads: `work-stealing` (default; one tokio runtime whose
-    /// workers share every task and every origin pool) or `thread-per-core` (one
-    /// single-threaded runtime per shard, each with its own origin connections; see
-    /// [`crate::shard`]). Read at start only.
+    /// How work is spread over the threads: `thread-per-core` (default; one single-threaded
+    /// runtime per shard, each origin connection driven by one shard; see [`crate::shard`]) or
+    /// `work-stealing` (one tokio runtime whose workers share every task). Read at start only.
     pub runtime: String,
 }
 
@@ -251,7 +250,7 @@ impl Default for Config {
             log_format: "text".into(),
             reuse_port: true,
             workers: 0,
-            runtime: "work-stealing".into(),
+            runtime: "thread-per-core".into(),
         }
     }
 }

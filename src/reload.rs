@@ -177,7 +177,7 @@ mod tests {
     fn listener_and_cache_changes_are_reported() {
         let new = BASE.replace(
             r#"listen = ["127.0.0.1:0"]"#,
-            "listen = [\"127.0.0.1:1\"]\n        log_format = \"json\"\n        reuse_port = false\n        workers = 1\n        runtime = \"thread-per-core\"\n        [cache]\n        enabled = true",
+            "listen = [\"127.0.0.1:1\"]\n        log_format = \"json\"\n        reuse_port = false\n        workers = 1\n        runtime = \"work-stealing\"\n        [cache]\n        enabled = true",
         );
         let p = plan(&cfg(BASE), &cfg(&new));
         assert_eq!(

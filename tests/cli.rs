@@ -299,34 +299,52 @@ async fn run_then_sigterm_with(
         .expect("wait")
 }
 
-/// Threads of `pid` whose name starts with `prefix`.
+/// Threads of `pid` whose name starts with `prefix`. A thread that was just created carries
+/// its parent's name until it first runs, which on a loaded machine can take a while: read
+/// again (for up to 5 s) until the count is `want`.
 #[cfg(target_os = "linux")]
-fn threads_named(pid: u32, prefix: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("/proc/PID/task")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim().starts_with(prefix))
-        .count()
+fn threads_named(pid: u32, prefix: &str, want: usize) -> usize {
+    let count = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc/PID/task")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim().starts_with(prefix))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = count();
+        if n == want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Threads of `pid` whose name is tokio's worker-thread name.
 #[cfg(target_os = "linux")]
-fn runtime_workers(pid: u32) -> usize {
-    threads_named(pid, "tokio-rt-worker")
+fn runtime_workers(pid: u32, want: usize) -> usize {
+    threads_named(pid, "tokio-rt-worker", want)
 }
 
-/// `runtime = "thread-per-core"`: `workers` shard threads (one per core by default), each with
-/// its own single-threaded runtime, and no work-stealing workers.
+/// The default runtime (`thread-per-core`): `workers` shard threads (one per core by default),
+/// each with its own single-threaded runtime, and no work-stealing workers.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn thread_per_core_starts_one_shard_thread_per_worker() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let tpc = "runtime = \"thread-per-core\"";
-    for (top, want) in [(format!("{tpc}\nworkers = 3"), 3), (tpc.to_string(), cores)] {
+    for (top, want) in [
+        ("workers = 3", 3),
+        ("runtime = \"thread-per-core\"", cores),
+        ("", cores),
+    ] {
         let dir = Scratch::new();
         let mut seen = None;
-        let status = run_then_sigterm_with(&dir, &top, Duration::from_millis(100), |pid| {
-            seen = Some((threads_named(pid, "muxgate-shard-"), runtime_workers(pid)));
+        let status = run_then_sigterm_with(&dir, top, Duration::from_millis(100), |pid| {
+            seen = Some((
+                threads_named(pid, "muxgate-shard-", want),
+                runtime_workers(pid, 0),
+            ));
         })
         .await;
         assert_eq!(seen, Some((want, 0)), "config {top:?}");
@@ -334,16 +352,20 @@ async fn thread_per_core_starts_one_shard_thread_per_worker() {
     }
 }
 
-/// `workers` sets the runtime's worker threads; 0 (the default) means one per core.
+/// `runtime = "work-stealing"`: `workers` sets the runtime's worker threads; 0 (the default)
+/// means one per core; no shard threads.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn run_starts_the_configured_number_of_workers() {
+async fn work_stealing_starts_the_configured_number_of_workers() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (top, want) in [("workers = 1", 1), ("workers = 3", 3), ("", cores)] {
+    let ws = "runtime = \"work-stealing\"";
+    for (workers, want) in [("workers = 1", 1), ("workers = 3", 3), ("", cores)] {
         let dir = Scratch::new();
         let mut seen = None;
-        let status = run_then_sigterm_with(&dir, top, Duration::from_millis(100), |pid| {
-            seen = Some(runtime_workers(pid));
+        let top = format!("{ws}\n{workers}");
+        let status = run_then_sigterm_with(&dir, &top, Duration::from_millis(100), |pid| {
+            seen = Some(runtime_workers(pid, want));
+            assert_eq!(threads_named(pid, "muxgate-shard-", 0), 0);
         })
         .await;
         assert_eq!(seen, Some(want), "config {top:?}");

@@ -1,4 +1,5 @@
-//! `runtime = "thread-per-core"`: client connections spread evenly over the shard threads; each
+//! `runtime = "thread-per-core"` (the default; set explicitly here with `workers = 2`, so the
+//! tests mean the same on any machine): client connections spread over the shard threads; each
 //! origin keeps one pool, so its connection count and limits are what one runtime would have,
 //! while its connections are spread over the shards as they are dialled; the shards share one
 //! TLS session store (one full handshake for the whole process); shutdown drains every shard.
@@ -311,5 +312,33 @@ async fn requests_prefer_their_own_shards_connection() {
         .collect();
     assert_eq!(delta, vec![20, 20], "before {before:?}, after {after:?}");
     drop((a, b));
+    assert!(gw.shutdown().await);
+}
+
+/// `runtime = "work-stealing"` (the runtime before thread-per-core became the default) still
+/// serves the same burst with the same connection counts; no connection has a shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_stealing_runtime_serves_the_same_burst() {
+    init();
+    let _serial = serial().await;
+    let pki = Pki::localhost().unwrap();
+    let origin = Origin::h2()
+        .max_streams(100)
+        .delay(Duration::from_millis(500))
+        .start(&pki)
+        .await
+        .unwrap();
+    let files = pki.write().expect("pki files");
+    let toml = gateway_toml(
+        "runtime = \"work-stealing\"",
+        &origin_toml("app", &["*"], &https_url(&origin), Some(&files.ca), ""),
+    );
+    let gw = start_gateway(&toml).await;
+    assert_eq!(gw.shard_connections(), None);
+    let r = burst(&gw, 400, 400).await;
+    assert_eq!(r.ok(), 400, "{r:?}");
+    assert_eq!(stat(&origin, |s| &s.connections), 4);
+    assert_eq!(stat(&origin, |s| &s.full_handshakes), 1);
+    assert_eq!(homes(&gw), vec![None; 4]);
     assert!(gw.shutdown().await);
 }
