@@ -10,6 +10,7 @@
 //! - [`config`]: figment layering and validation into a [`config::ValidConfig`].
 //! - [`server`]: client listeners, TLS termination, limits, graceful shutdown; HTTP/1.1 and
 //!   HTTP/2 clients ([`h2guard`]: h2c preface detection, flood limits).
+//! - [`shard`]: the thread-per-core runtime (shard threads, where origin connections run).
 //! - [`route`]: host → origin.
 //! - [`proxy`]: request/response translation, upgrades (WebSocket: RFC 8441 or a dedicated
 //!   HTTP/1.1 connection), access log.

@@ -526,11 +526,6 @@ impl Connector {
         if addrs.is_empty() {
             addrs = self.first_addrs(server).await?;
         }
-        // While the origin has issued no TLS session yet, one dial at a time (see `Sessions`).
-        let first = match (&self.tls_base, tls) {
-            (Some((_, _, sessions)), Some(_)) => sessions.before_dial().await,
-            _ => None,
-        };
         let (tcp, peer) = tokio::time::timeout(self.connect_timeout, tcp(&server.host, &addrs))
             .await
             .map_err(|_| Error::ConnectTimeout)??;
@@ -542,6 +537,13 @@ impl Connector {
                 resumed: None,
                 peer: Some(peer),
             });
+        };
+        // While the origin has issued no TLS session yet, one handshake at a time (see
+        // `Sessions`). Taken after the TCP connect, so a server that does not answer at all
+        // holds up no dial to the others.
+        let first = match &self.tls_base {
+            Some((_, _, sessions)) => sessions.before_dial().await,
+            None => None,
         };
         let started = Instant::now();
         let stream =
