@@ -8,39 +8,12 @@ mod support;
 
 use std::time::Duration;
 
-use muxgate::testkit::load::{self, LoadReport, LoadSpec};
-use muxgate::testkit::origin::{Origin, RunningOrigin};
+use muxgate::testkit::load::LoadReport;
+use muxgate::testkit::origin::Origin;
 use muxgate::testkit::pki::Pki;
-use support::{ceil_div, gateway_for, get, get_concurrent, init, serial};
+use support::{burst, ceil_div, gateway_for, get, get_concurrent, init, serial};
 
-fn stat(
-    o: &RunningOrigin,
-    f: impl Fn(&muxgate::testkit::origin::OriginStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    o.stats.get(f)
-}
-
-/// `requests` GETs of `path` over `connections` keep-alive client connections, bounded in time.
-async fn burst(
-    gw: &muxgate::Gateway,
-    connections: usize,
-    requests: usize,
-    path: &str,
-    limit: Duration,
-) -> LoadReport {
-    let spec = LoadSpec {
-        close: false,
-        target: gw.http_addrs[0],
-        tls: None,
-        host: "app.test".into(),
-        path: path.into(),
-        connections,
-        requests,
-    };
-    tokio::time::timeout(limit, load::run(spec))
-        .await
-        .expect("load run timed out")
-}
+use support::origin_stat as stat;
 
 fn assert_all_ok(r: &LoadReport, n: u64) {
     assert_eq!(r.errors, 0, "transport errors: {r:?}");

@@ -8,19 +8,14 @@ mod support;
 
 use std::time::Duration;
 
-use muxgate::testkit::load::{self, LoadReport, LoadSpec};
+use muxgate::testkit::load::LoadReport;
 use muxgate::testkit::origin::{Origin, RunningOrigin};
 use muxgate::testkit::pki::Pki;
 use support::{admin_get, gateway_toml, get, https_url, init, origin_toml, serial, start_gateway};
 
 const SHARDED: &str = "runtime = \"thread-per-core\"\nworkers = 2";
 
-fn stat(
-    o: &RunningOrigin,
-    f: impl Fn(&muxgate::testkit::origin::OriginStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    o.stats.get(f)
-}
+use support::origin_stat as stat;
 
 async fn sharded_gateway(
     origin: &RunningOrigin,
@@ -37,18 +32,7 @@ async fn sharded_gateway(
 }
 
 async fn burst(gw: &muxgate::Gateway, connections: usize, requests: usize) -> LoadReport {
-    let spec = LoadSpec {
-        close: false,
-        target: gw.http_addrs[0],
-        tls: None,
-        host: "app.test".into(),
-        path: "/".into(),
-        connections,
-        requests,
-    };
-    tokio::time::timeout(Duration::from_secs(60), load::run(spec))
-        .await
-        .expect("load run timed out")
+    support::burst(gw, connections, requests, "/", Duration::from_secs(60)).await
 }
 
 /// Homes (shards) of the origin's connections, sorted.

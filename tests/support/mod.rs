@@ -408,6 +408,37 @@ pub fn ceil_div(a: u64, b: u64) -> u64 {
     a.div_ceil(b)
 }
 
+/// One counter of a test origin's statistics.
+pub fn origin_stat(
+    o: &RunningOrigin,
+    f: impl Fn(&muxgate::testkit::origin::OriginStats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    o.stats.get(f)
+}
+
+/// `requests` GETs of `path` (Host `app.test`) over `connections` keep-alive client connections
+/// to the gateway's first plain listener, bounded by `limit`.
+pub async fn burst(
+    gw: &Gateway,
+    connections: usize,
+    requests: usize,
+    path: &str,
+    limit: Duration,
+) -> muxgate::testkit::load::LoadReport {
+    let spec = muxgate::testkit::load::LoadSpec {
+        close: false,
+        target: gw.http_addrs[0],
+        tls: None,
+        host: "app.test".into(),
+        path: path.into(),
+        connections,
+        requests,
+    };
+    tokio::time::timeout(limit, muxgate::testkit::load::run(spec))
+        .await
+        .expect("load run timed out")
+}
+
 /// Helpers for the proxy-semantics tests (`headers.rs`, `bodies.rs`, `pipelining.rs`,
 /// `errors.rs`, `shutdown.rs`): the gateway in front of an h2 or an HTTP/1.1 origin, a buffered
 /// raw HTTP/1.1 connection that keeps its read position across responses (pipelining, HEAD,
