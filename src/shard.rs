@@ -1,4 +1,4 @@
-//! Thread-per-core mode (`runtime = "thread-per-core"`).
+//! Thread-per-core mode (`runtime = "thread-per-core"`, the default).
 //!
 //! With one tokio runtime whose workers steal each other's tasks, a client's task and the task
 //! of the origin connection that carries its stream often run on different cores; every request
@@ -7,9 +7,11 @@
 //! worker per core. This module gives one process the same shape:
 //!
 //! - N shard threads, each running a single-threaded runtime;
-//! - the listeners' accept loops stay on the main runtime and hand every accepted connection to
-//!   the shard with the fewest open client connections (ties: round robin), so the split stays
-//!   even, which keeps the origin connection count at what the load needs;
+//! - each shard accepts on its own socket per listener, all bound to the listener's address
+//!   with `SO_REUSEPORT`, so the kernel spreads new connections and none moves between threads
+//!   ([`Shards::listen`]); with `reuse_port = false` the one socket is accepted on the main
+//!   runtime, which hands each connection to the shard with the fewest open ones (ties: round
+//!   robin, [`Shards::dispatch`]);
 //! - each origin keeps one pool (its limits and the rule "a new connection only when every open
 //!   one is full" hold per origin, as with one runtime), but every origin connection is driven
 //!   by one shard (its *home*): a new HTTP/2 connection is dialled on the shard that is home to
@@ -245,16 +247,6 @@ impl Shards {
             });
         }
         Ok(())
-    }
-
-    /// Number of shards.
-    pub fn len(&self) -> usize {
-        self.lanes.len()
-    }
-
-    /// Always false: there is at least one shard.
-    pub fn is_empty(&self) -> bool {
-        self.lanes.is_empty()
     }
 
     /// Client connections each shard serves now.
