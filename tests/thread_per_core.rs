@@ -35,6 +35,39 @@ async fn burst(gw: &muxgate::Gateway, connections: usize, requests: usize) -> Lo
     support::burst(gw, connections, requests, "/", Duration::from_secs(60)).await
 }
 
+/// Client `a`, then client `b`, each sends 20 requests one after the other; returns how many
+/// each of the origin's connections carried, in the order of their home shards.
+async fn twenty_each(
+    gw: &muxgate::Gateway,
+    a: &mut support::Client,
+    b: &mut support::Client,
+) -> Vec<u64> {
+    let pool = gw.origin("app").unwrap();
+    let served = || {
+        let mut v: Vec<(Option<usize>, u64)> =
+            pool.stats().iter().map(|c| (c.shard, c.served)).collect();
+        v.sort();
+        v
+    };
+    let before = served();
+    for c in [a, b] {
+        for _ in 0..20 {
+            assert_eq!(c.get("app.test", "/").await.status, 200);
+        }
+    }
+    let after = served();
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "before {before:?}, after {after:?}"
+    );
+    after
+        .iter()
+        .zip(&before)
+        .map(|((_, x), (_, y))| x - y)
+        .collect()
+}
+
 /// Homes (shards) of the origin's connections, sorted.
 fn homes(gw: &muxgate::Gateway) -> Vec<Option<usize>> {
     let mut v: Vec<_> = gw
@@ -283,25 +316,12 @@ async fn requests_prefer_their_own_shards_connection() {
     let two = support::wait_until(Duration::from_secs(5), || pool.stats().len() == 2).await;
     assert!(two, "{:?}", pool.stats());
     assert_eq!(homes(&gw), vec![Some(0), Some(1)]);
-    let served = || {
-        let mut v: Vec<(Option<usize>, u64)> =
-            pool.stats().iter().map(|c| (c.shard, c.served)).collect();
-        v.sort();
-        v
-    };
-    let before = served();
-    for c in [&mut a, &mut b] {
-        for _ in 0..20 {
-            assert_eq!(c.get("app.test", "/").await.status, 200);
-        }
-    }
-    let after = served();
-    let delta: Vec<u64> = after
-        .iter()
-        .zip(&before)
-        .map(|((_, x), (_, y))| x - y)
-        .collect();
-    assert_eq!(delta, vec![20, 20], "before {before:?}, after {after:?}");
+    let delta = twenty_each(&gw, &mut a, &mut b).await;
+    assert_eq!(
+        delta,
+        vec![20, 20],
+        "requests per connection, by home shard"
+    );
     drop((a, b));
     assert!(gw.shutdown().await);
 }
@@ -371,26 +391,12 @@ async fn http1_requests_prefer_their_own_shards_idle_connection() {
     origin
         .force_delay_ms
         .store(0, std::sync::atomic::Ordering::SeqCst);
-    let pool = gw.origin("app").unwrap();
-    let served = || {
-        let mut v: Vec<(Option<usize>, u64)> =
-            pool.stats().iter().map(|c| (c.shard, c.served)).collect();
-        v.sort();
-        v
-    };
-    let before = served();
-    for c in [&mut a, &mut b] {
-        for _ in 0..20 {
-            assert_eq!(c.get("app.test", "/").await.status, 200);
-        }
-    }
-    let after = served();
-    let delta: Vec<u64> = after
-        .iter()
-        .zip(&before)
-        .map(|((_, x), (_, y))| x - y)
-        .collect();
-    assert_eq!(delta, vec![20, 20], "before {before:?}, after {after:?}");
+    let delta = twenty_each(&gw, &mut a, &mut b).await;
+    assert_eq!(
+        delta,
+        vec![20, 20],
+        "requests per connection, by home shard"
+    );
     assert_eq!(stat(&origin, |s| &s.connections), 2);
     drop((a, b));
     assert!(gw.shutdown().await);
