@@ -624,9 +624,9 @@ pub struct ValidConfig {
     pub admin: Option<SocketAddr>,
     /// Origins in configuration order.
     pub origins: Vec<ValidOrigin>,
-    /// Shard threads: 1 with `runtime = "work-stealing"` (none are started), else `workers`
-    /// or one per core.
-    pub shards: usize,
+    /// Shard threads to start: `workers` (or one per core) with `runtime = "thread-per-core"`;
+    /// `None` with `runtime = "work-stealing"`.
+    pub shards: Option<usize>,
 }
 
 impl Config {
@@ -738,9 +738,9 @@ impl Config {
             return Err(err("workers", "must be at most 1024 (0 = one per core)"));
         }
         let shards = match self.runtime.as_str() {
-            "work-stealing" => 1,
-            "thread-per-core" if self.workers > 0 => self.workers,
-            "thread-per-core" => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "work-stealing" => None,
+            "thread-per-core" if self.workers > 0 => Some(self.workers),
+            "thread-per-core" => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
             _ => {
                 return Err(err(
                     "runtime",

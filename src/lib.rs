@@ -96,12 +96,12 @@ pub struct ReloadReport {
 impl Gateway {
     /// Binds every listener and starts serving. Port 0 binds an ephemeral port.
     pub async fn start(mut cfg: ValidConfig) -> Result<Gateway, String> {
-        let runtimes = match cfg.raw.runtime.as_str() {
-            "thread-per-core" => Some(
-                shard::ShardRuntimes::build(cfg.shards)
+        let runtimes = match cfg.shards {
+            Some(n) => Some(
+                shard::ShardRuntimes::build(n)
                     .map_err(|e| format!("cannot start the shard threads: {e}"))?,
             ),
-            _ => None,
+            None => None,
         };
         let placement = runtimes.as_ref().map(|r| r.placement()).unwrap_or_default();
         for o in &mut cfg.origins {

@@ -136,7 +136,7 @@ fn main() -> ExitCode {
         _ => None,
     };
     let (workers, sharded) = match (&cmd, &cfg) {
-        (Cmd::Run, Some(c)) => (c.raw.workers, c.raw.runtime == "thread-per-core"),
+        (Cmd::Run, Some(c)) => (c.raw.workers, c.shards.is_some()),
         _ => (0, false),
     };
     let rt = match runtime(workers, sharded) {

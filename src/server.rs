@@ -92,14 +92,16 @@ pub async fn accept_loop(
         }
         ctx.open.fetch_add(1, Ordering::AcqRel);
         let shards = match &accepted {
-            Accepted::Serve(None) => {
-                spawn_conn(&ctx, stream, peer, tls.clone(), || {});
-                continue;
-            }
-            Accepted::Serve(Some(open)) => {
-                open.inc();
+            Accepted::Serve(open) => {
                 let open = open.clone();
-                spawn_conn(&ctx, stream, peer, tls.clone(), move || open.dec());
+                if let Some(o) = &open {
+                    o.inc();
+                }
+                spawn_conn(&ctx, stream, peer, tls.clone(), move || {
+                    if let Some(o) = open {
+                        o.dec();
+                    }
+                });
                 continue;
             }
             Accepted::Dispatch(shards) => shards,

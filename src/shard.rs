@@ -91,7 +91,7 @@ impl Placement {
                 *c += 1;
             }
         }
-        Some(least_loaded(&counts, current().unwrap_or(0)))
+        Some(least_loaded(n, current().unwrap_or(0), |i| counts[i]))
     }
 }
 
@@ -133,8 +133,8 @@ impl ShardRuntimes {
 
     /// Starts one thread per runtime (`muxgate-shard-0`, …) serving connections with `ctx`.
     pub fn start(mut self, ctx: Arc<ServerCtx>) -> std::io::Result<Arc<Shards>> {
+        let placement = self.placement();
         let runtimes = std::mem::take(&mut self.runtimes);
-        let handles: Arc<[Handle]> = runtimes.iter().map(|r| r.handle().clone()).collect();
         let mut lanes = Vec::with_capacity(runtimes.len());
         for (i, rt) in runtimes.into_iter().enumerate() {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -159,7 +159,7 @@ impl ShardRuntimes {
         Ok(Arc::new(Shards {
             lanes,
             next: AtomicUsize::new(0),
-            placement: Placement(Some(handles)),
+            placement,
         }))
     }
 }
@@ -260,8 +260,9 @@ impl Shards {
     /// Hands `job` to the least loaded shard; gives it back if that shard has stopped.
     pub fn dispatch(&self, job: Job) -> Result<(), Job> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let counts: Vec<usize> = self.open();
-        let pick = least_loaded(&counts, start);
+        let pick = least_loaded(self.lanes.len(), start, |i| {
+            self.lanes[i].open.n.load(Ordering::Relaxed)
+        });
         let lane = &self.lanes[pick];
         lane.open.inc();
         lane.tx.send(job).map_err(|e| {
@@ -271,18 +272,16 @@ impl Shards {
     }
 }
 
-/// The index of the smallest count, scanning from `start` (mod len) so that ties rotate.
-/// `counts` must not be empty.
-pub fn least_loaded(counts: &[usize], start: usize) -> usize {
-    let n = counts.len().max(1);
-    let mut best = start % n;
-    for k in 1..n {
-        let i = (start + k) % n;
-        if counts.get(i) < counts.get(best) {
-            best = i;
-        }
+/// The index in `0..n` with the smallest `count`, scanning from `start` (mod `n`) so that ties
+/// rotate; 0 when `n` is 0.
+pub fn least_loaded(n: usize, start: usize, count: impl Fn(usize) -> usize) -> usize {
+    if n == 0 {
+        return 0;
     }
-    best
+    (0..n)
+        .map(|k| (start + k) % n)
+        .min_by_key(|&i| count(i))
+        .unwrap_or(0)
 }
 
 /// A shard's loop: serve each connection handed over until every sender is gone.
@@ -306,16 +305,21 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Job>, ctx: Arc<ServerCtx>, open: 
 mod tests {
     use super::*;
 
+    fn ll(counts: &[usize], start: usize) -> usize {
+        least_loaded(counts.len(), start, |i| counts[i])
+    }
+
     #[test]
     fn least_loaded_picks_the_smallest_and_rotates_ties() {
-        assert_eq!(least_loaded(&[3, 1, 2], 0), 1);
-        assert_eq!(least_loaded(&[3, 1, 2], 2), 1);
-        assert_eq!(least_loaded(&[0, 0], 0), 0);
-        assert_eq!(least_loaded(&[0, 0], 1), 1);
-        assert_eq!(least_loaded(&[0, 0, 0], 5), 2);
-        assert_eq!(least_loaded(&[4], 7), 0);
+        assert_eq!(ll(&[3, 1, 2], 0), 1);
+        assert_eq!(ll(&[3, 1, 2], 2), 1);
+        assert_eq!(ll(&[0, 0], 0), 0);
+        assert_eq!(ll(&[0, 0], 1), 1);
+        assert_eq!(ll(&[0, 0, 0], 5), 2);
+        assert_eq!(ll(&[4], 7), 0);
+        assert_eq!(ll(&[], 3), 0);
         // Equal counts after a hand-out: successive starts spread the next ones.
-        let picks: Vec<usize> = (0..4).map(|s| least_loaded(&[2, 2], s)).collect();
+        let picks: Vec<usize> = (0..4).map(|s| ll(&[2, 2], s)).collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
     }
 
