@@ -29,9 +29,11 @@ oport=$(awk '/listening/ {print $2}' "$dir/origin.out")
 oport=${oport##*:}
 
 # gateway_config PORT [EXTRA_TOP_LEVEL_TABLES]: writes $dir/gw.toml, one origin for every host.
+# GATEWAY_TOP=$'runtime = "work-stealing"' adds top-level keys (before the first table).
 gateway_config() {
     cat >"$dir/gw.toml" <<TOML
 listen = ["127.0.0.1:$1"]
+${GATEWAY_TOP:-}
 [admin]
 listen = ""
 ${2:-}

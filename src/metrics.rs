@@ -33,6 +33,12 @@ pub struct Metrics {
     /// `muxgate_shard_connections_open{shard}` (extension, `runtime = "thread-per-core"`):
     /// client connections each shard thread serves now.
     pub shard_connections_open: Family<Labels, Gauge>,
+    /// `muxgate_shard_relayed_wakes_total{shard}` (extension): tasks of the shard woken from
+    /// another thread, through its relay (`shard::wake`).
+    pub shard_relayed_wakes: Family<Labels, Counter>,
+    /// `muxgate_shard_relay_runs_total{shard}` (extension): relay runs that woke at least one
+    /// task; relayed wakes over runs is the mean batch.
+    pub shard_relay_runs: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
     pub downstream_refused_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/2 client
@@ -143,6 +149,8 @@ impl Metrics {
             downstream_connections_total: Family::default(),
             downstream_connections_open: Gauge::default(),
             shard_connections_open: Family::default(),
+            shard_relayed_wakes: Family::default(),
+            shard_relay_runs: Family::default(),
             downstream_refused_total: Family::default(),
             downstream_closed_total: Family::default(),
             upstream_connections_total: Family::default(),
@@ -178,6 +186,16 @@ impl Metrics {
             "shard_connections_open",
             "Client connections open per shard thread (runtime = thread-per-core)",
             m.shard_connections_open.clone(),
+        );
+        registry.register(
+            "shard_relayed_wakes",
+            "Tasks of a shard woken from another thread through the shard's relay",
+            m.shard_relayed_wakes.clone(),
+        );
+        registry.register(
+            "shard_relay_runs",
+            "Relay runs of a shard that woke at least one task",
+            m.shard_relay_runs.clone(),
         );
         registry.register(
             "downstream_connections_refused",

@@ -142,7 +142,8 @@ pub fn spawn_conn(
             ctx2.metrics.downstream_connections_open.inc();
             // Boxed: spawning moves the task's future several times; a pointer is cheaper
             // to move than the connection's state (bench/callgrind.sh with --close).
-            Box::pin(serve_conn(stream, peer, tls, &ctx2)).await;
+            // Relayed: on a shard, wakes from other shards' origin connections are coalesced.
+            crate::shard::wake::relayed(Box::pin(serve_conn(stream, peer, tls, &ctx2))).await;
             ctx2.metrics.downstream_connections_open.dec();
             ctx2.open.fetch_sub(1, Ordering::AcqRel);
             done();

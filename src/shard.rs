@@ -18,7 +18,8 @@
 //!   the fewest, and a request takes a stream on a connection of its own shard when one has
 //!   room ([`Placement`]); an HTTP/1.1 request takes an idle connection of its own shard first.
 //!   Once the load needs as many connections as there are shards, a client's task and the
-//!   origin connection carrying its requests run on the same thread;
+//!   origin connection carrying its requests run on the same thread; until then, wakes that
+//!   cross shards are coalesced per shard ([`wake`]);
 //! - the cache, the metrics, the admin listener, the configuration and the origins' TLS session
 //!   stores stay shared (one per process).
 
@@ -33,6 +34,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::server::{self, ServerCtx};
+
+pub mod wake;
 
 thread_local! {
     static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
@@ -147,12 +150,25 @@ impl ShardRuntimes {
                 n: AtomicUsize::new(0),
                 gauge,
             });
+            let label = vec![("shard", i.to_string())];
+            let relay = wake::Relay::new(
+                ctx.metrics
+                    .shard_relayed_wakes
+                    .get_or_create(&label)
+                    .clone(),
+                ctx.metrics.shard_relay_runs.get_or_create(&label).clone(),
+            );
             let (ctx, count) = (ctx.clone(), open.clone());
             std::thread::Builder::new()
                 .name(format!("muxgate-shard-{i}"))
                 .spawn(move || {
                     INDEX.with(|c| c.set(Some(i)));
-                    rt.block_on(serve(rx, ctx, count));
+                    relay.enter();
+                    rt.block_on(async move {
+                        tokio::spawn(relay.run());
+                        tokio::spawn(wake::anchor());
+                        serve(rx, ctx, count).await;
+                    });
                 })?;
             lanes.push(Lane { tx, open });
         }

@@ -326,6 +326,54 @@ async fn requests_prefer_their_own_shards_connection() {
     assert!(gw.shutdown().await);
 }
 
+/// `muxgate_shard_relayed_wakes_total{shard}` from `/metrics`, per shard.
+async fn relayed_wakes(gw: &muxgate::Gateway) -> Vec<u64> {
+    let text = admin_get(gw, "/metrics").await.text();
+    (0..2)
+        .map(|i| {
+            let name = format!("muxgate_shard_relayed_wakes_total{{shard=\"{i}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(name.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        })
+        .collect()
+}
+
+/// One origin connection (it has room for both clients' streams), so the client of the other
+/// shard has its responses delivered across threads: each of its 20 requests is woken through
+/// its shard's relay (`shard::wake`), and all 40 are served. The client of the connection's own
+/// shard needs no relay for its responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_for_the_other_shards_clients_go_through_its_relay() {
+    init();
+    let _serial = serial().await;
+    let pki = Pki::localhost().unwrap();
+    let origin = Origin::h2().start(&pki).await.unwrap();
+    let (gw, _files) = sharded_gateway(&origin, &pki, "reuse_port = false", "").await;
+    let addr = gw.http_addrs[0];
+    let mut a = support::Client::connect(addr).await;
+    let mut b = support::Client::connect(addr).await;
+    assert_eq!(a.get("app.test", "/").await.status, 200);
+    assert_eq!(b.get("app.test", "/").await.status, 200);
+    assert_eq!(gw.shard_connections(), Some(vec![1, 1]));
+    let home = match homes(&gw).as_slice() {
+        [Some(h)] => *h,
+        other => panic!("one connection with a home expected: {other:?}"),
+    };
+    let before = relayed_wakes(&gw).await;
+    let delta = twenty_each(&gw, &mut a, &mut b).await;
+    assert_eq!(delta, vec![40], "one connection carries all 40");
+    let after = relayed_wakes(&gw).await;
+    let other = 1 - home;
+    assert!(
+        after[other] - before[other] >= 20,
+        "relayed wakes before {before:?}, after {after:?} (connection on shard {home})"
+    );
+    drop((a, b));
+    assert!(gw.shutdown().await);
+}
+
 /// `runtime = "work-stealing"` (the runtime before thread-per-core became the default) still
 /// serves the same burst with the same connection counts; no connection has a shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

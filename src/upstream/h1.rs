@@ -362,7 +362,7 @@ impl Shared {
             .map_err(|e| Error::Protocol(format!("HTTP/1.1 handshake: {e}")))?;
         let origin = self.origin.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = crate::shard::wake::relayed(conn).await {
                 tracing::debug!(%origin, conn = id, error = %e, "http/1.1 connection ended");
             }
         });

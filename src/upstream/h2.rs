@@ -808,7 +808,8 @@ async fn connect(
         let mut last = ctl.max_streams.load(Ordering::Relaxed);
         // Coalesced: the streams already runnable hand over their frames first, then one
         // write carries them all (see `crate::coalesce`).
-        let drive = crate::coalesce::coalesce(poll_fn(|cx| {
+        // Relayed: streams of clients on other shards wake it through this shard's relay.
+        let drive = crate::shard::wake::relayed(crate::coalesce::coalesce(poll_fn(|cx| {
             let r = Pin::new(&mut conn).poll(cx);
             if settled_tx.is_some() && r.is_pending() && read_any.load(Ordering::Acquire) {
                 if let Some(tx) = settled_tx.take() {
@@ -828,7 +829,7 @@ async fn connect(
                 }
             }
             r
-        }));
+        })));
         tokio::pin!(drive);
         let ended = tokio::select! {
             r = &mut drive => Some(r),
