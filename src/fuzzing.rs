@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigError, ValidConfig, ValidOrigin};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::proxy::headers::{request_to_origin, response_to_client};
+use crate::proxy::headers::{request_to_origin, response_to_client, ForwardedFor};
 use crate::proxy::{ClientInfo, Proxy};
 use crate::route::{HostPattern, Router};
 use crate::upstream::connect::{with_dialer, Connected, Dialer, Transport};
@@ -84,7 +84,7 @@ pub fn header_translate(data: &[u8]) {
     };
     let input = parse_fields(data.get(5..).unwrap_or(&[]));
 
-    let out = request_to_origin(input.clone(), client, tls);
+    let out = request_to_origin(input.clone(), &ForwardedFor::new(client), tls);
     check_no_hop_by_hop(&input, &out, "request");
     let te: Vec<_> = out.get_all(header::TE).iter().collect();
     assert!(
@@ -680,10 +680,7 @@ const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7
 pub fn downstream_h1(rt: Runtime, data: &[u8]) {
     let knob = data.first().copied().unwrap_or(0);
     let keep_open = knob & 1 != 0;
-    let client = ClientInfo {
-        peer: CLIENT,
-        tls: knob & 2 != 0,
-    };
+    let client = ClientInfo::new(CLIENT, knob & 2 != 0);
     let input = data.get(1..).unwrap_or(&[]).to_vec();
     let cfg = downstream_config();
     rt.block_on(async move {
@@ -775,7 +772,7 @@ async fn serve_like_server(
 ) {
     let limits = &cfg.raw.client;
     let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
+        let (proxy, client) = (proxy.clone(), client.clone());
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
     });
     let mut builder = http1::Builder::new();

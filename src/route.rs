@@ -83,7 +83,7 @@ impl Router {
     /// The origin index for a request host (port and trailing dot ignored, case-insensitive).
     pub fn route(&self, host: &str) -> Option<usize> {
         let name = normalize_host(host);
-        if let Some(&i) = self.exact.get(name.as_str()) {
+        if let Some(&i) = self.exact.get(name.as_ref()) {
             return Some(i);
         }
         for (suffix, i) in &self.suffixes {
@@ -96,8 +96,9 @@ impl Router {
 }
 
 /// Lower-cases a Host value and strips its port and a trailing dot: `Example.COM.:8080` →
-/// `example.com`. IPv6 literals keep their brackets.
-pub fn normalize_host(host: &str) -> String {
+/// `example.com`. IPv6 literals keep their brackets. Borrows when nothing changes but the
+/// port (the common case: this runs for every request).
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = host.trim();
     let without_port = if h.starts_with('[') {
         match h.find(']') {
@@ -110,7 +111,12 @@ pub fn normalize_host(host: &str) -> String {
             _ => h,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 #[cfg(test)]
@@ -163,5 +169,14 @@ mod tests {
         assert!(HostPattern::parse("a*b").is_err());
         assert_eq!(HostPattern::parse("*"), Ok(HostPattern::Any));
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        // Already lower-case: borrowed, no allocation (this runs for every request).
+        assert!(matches!(
+            normalize_host("api.example.com:8080"),
+            std::borrow::Cow::Borrowed("api.example.com")
+        ));
+        assert!(matches!(
+            normalize_host("API.example.com"),
+            std::borrow::Cow::Owned(_)
+        ));
     }
 }

@@ -162,7 +162,7 @@ async fn serve_conn(
     // Each protocol's future is boxed: the connection task is then as large as the branch it
     // takes, not the largest of them (the TLS handshake state alone is ~1 KiB), which is what an
     // idle keep-alive connection costs (bench/idle_conns.sh).
-    let plain = ClientInfo { peer, tls: false };
+    let plain = ClientInfo::new(peer, false);
     match tls {
         None if ctx.live.limits.load().h2c => {
             // RFC 9113 §3.3: prior knowledge. The sniffed bytes are replayed to either server.
@@ -190,11 +190,11 @@ async fn serve_conn(
             match hs {
                 Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
                     count(ctx, "h2");
-                    Box::pin(serve_http2(s, ClientInfo { peer, tls: true }, ctx)).await
+                    Box::pin(serve_http2(s, ClientInfo::new(peer, true), ctx)).await
                 }
                 Ok(Ok(s)) => {
                     count(ctx, "http/1.1+tls");
-                    Box::pin(serve_http1(s, ClientInfo { peer, tls: true }, ctx)).await
+                    Box::pin(serve_http1(s, ClientInfo::new(peer, true), ctx)).await
                 }
                 Ok(Err(e)) => {
                     refused(ctx, "tls");
@@ -240,7 +240,7 @@ where
         // Boxed: hyper keeps one allocation the size of this future for the connection's whole
         // life, idle or not; unboxed, the proxy's request future made every idle keep-alive
         // connection several KiB larger (bench/idle_conns.sh).
-        let fut = Box::pin(proxy.handle(req, client));
+        let fut = Box::pin(proxy.handle(req, client.clone()));
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
     let mut builder = http1::Builder::new();
@@ -310,6 +310,7 @@ where
     );
     let svc = service_fn(move |req| {
         let proxy = live.proxy.load_full();
+        let client = client.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
     });
     let conn = h2_builder(&limits).serve_connection(TokioIo::new(io), svc);

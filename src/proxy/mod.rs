@@ -37,12 +37,25 @@ pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
 static X_CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("x-cache-status");
 
 /// Who sent a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Peer address.
     pub peer: SocketAddr,
     /// Arrived over TLS.
     pub tls: bool,
+    /// The peer's address for `X-Forwarded-For`.
+    pub forwarded_for: headers::ForwardedFor,
+}
+
+impl ClientInfo {
+    /// A client connection from `peer`; `tls` if it came over TLS.
+    pub fn new(peer: SocketAddr, tls: bool) -> ClientInfo {
+        ClientInfo {
+            peer,
+            tls,
+            forwarded_for: headers::ForwardedFor::new(peer.ip()),
+        }
+    }
 }
 
 /// Request extension the client-facing server adds: while any clone of it lives, the server
@@ -288,9 +301,8 @@ impl Proxy {
         if self.max_body_size > 0 && declared.is_some_and(|n| n > self.max_body_size) {
             return Err(fail(Error::BodyTooLarge));
         }
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let body = self
-            .request_body(body, declared, route.retry_buffer, exceeded.clone())
+        let (body, exceeded) = self
+            .request_body(body, declared, route.retry_buffer)
             .await
             .map_err(fail)?;
         let cache_key = self.cache.as_ref().filter(|_| route.cache).map(|c| {
@@ -305,7 +317,7 @@ impl Proxy {
             method: parts.method,
             authority: route.host_header.clone().unwrap_or(host),
             path_and_query,
-            headers: headers::request_to_origin(parts.headers, client.peer.ip(), client.tls),
+            headers: headers::request_to_origin(parts.headers, &client.forwarded_for, client.tls),
         };
         if let Some((c, key)) = &cache_key {
             let cacheable = c.methods.contains(&head.method)
@@ -326,7 +338,9 @@ impl Proxy {
         let out = Outgoing { head, body };
         let up = match pool.send(out).await {
             Ok(up) => up,
-            Err(_) if exceeded.load(Ordering::Acquire) => return Err(fail(Error::BodyTooLarge)),
+            Err(_) if exceeded.is_some_and(|e| e.load(Ordering::Acquire)) => {
+                return Err(fail(Error::BodyTooLarge))
+            }
             Err(e) => return Err(fail(e)),
         };
         log.protocol = up.protocol;
@@ -375,20 +389,20 @@ impl Proxy {
         Ok((route, host))
     }
 
-    /// Chooses how the request body travels: empty, buffered (replayable), or streamed.
+    /// Chooses how the request body travels: empty, buffered (replayable), or streamed; a
+    /// streamed body comes with the flag it sets when it runs past `max_body_size`.
     async fn request_body<B>(
         &self,
         body: B,
         declared: Option<u64>,
         retry_buffer: u64,
-        exceeded: Arc<AtomicBool>,
-    ) -> Result<OutBody, Error>
+    ) -> Result<(OutBody, Option<Arc<AtomicBool>>), Error>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         if body.is_end_stream() || declared == Some(0) {
-            return Ok(OutBody::Empty);
+            return Ok((OutBody::Empty, None));
         }
         if let Some(n) = declared.filter(|&n| n <= retry_buffer) {
             let collected = tokio::time::timeout(self.body_timeout, body.collect())
@@ -399,8 +413,9 @@ impl Proxy {
             if bytes.len() as u64 != n {
                 return Err(Error::BadRequest("request body length mismatch"));
             }
-            return Ok(OutBody::Buffered(bytes));
+            return Ok((OutBody::Buffered(bytes), None));
         }
+        let exceeded = Arc::new(AtomicBool::new(false));
         let limited = LimitedBody {
             inner: body,
             remaining: if self.max_body_size > 0 {
@@ -408,9 +423,12 @@ impl Proxy {
             } else {
                 u64::MAX
             },
-            exceeded,
+            exceeded: exceeded.clone(),
         };
-        Ok(OutBody::Stream(limited.boxed_unsync() as UpBody))
+        Ok((
+            OutBody::Stream(limited.boxed_unsync() as UpBody),
+            Some(exceeded),
+        ))
     }
 }
 

@@ -174,7 +174,7 @@ impl Proxy {
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            headers: headers::request_to_origin(parts.headers, client.peer.ip(), client.tls),
+            headers: headers::request_to_origin(parts.headers, &client.forwarded_for, client.tls),
         };
         let out = UpgradeRequest {
             head,
