@@ -173,14 +173,29 @@ fn relay_wake(relay: &Arc<Relay>, task: &Waker) {
     if !relay.queue(task) {
         return;
     }
-    let deferred = HOME.with(|h| match &*h.borrow() {
-        Some(home) => {
-            OUTBOX.with(|o| o.borrow_mut().push(relay.clone()));
-            home.flush_soon();
-            true
-        }
-        None => false,
-    });
+    // `try_*`: a wake may come from anywhere, a thread's teardown included; whatever cannot be
+    // deferred wakes the relay now.
+    let deferred = HOME
+        .try_with(|h| {
+            let Ok(guard) = h.try_borrow() else {
+                return false;
+            };
+            let Some(home) = guard.as_ref() else {
+                return false;
+            };
+            let queued = OUTBOX
+                .try_with(|o| {
+                    o.try_borrow_mut()
+                        .map(|mut o| o.push(relay.clone()))
+                        .is_ok()
+                })
+                .unwrap_or(false);
+            if queued {
+                home.flush_soon();
+            }
+            queued
+        })
+        .unwrap_or(false);
     if !deferred {
         relay.wake_task();
     }
@@ -219,7 +234,7 @@ impl Wake for RelayWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if HOME_ID.with(|h| h.get()) == self.relay.id {
+        if HOME_ID.try_with(|h| h.get()).unwrap_or(0) == self.relay.id {
             self.task.wake_by_ref();
         } else {
             relay_wake(&self.relay, &self.task);
@@ -367,6 +382,58 @@ mod tests {
             t.await.unwrap();
         });
         assert_eq!(relayed_count.get(), 0);
+    }
+
+    /// Wakes from a task of another shard are deferred to that shard's relay, which sends
+    /// one wake-up for the burst after its runnable tasks have run; every task still wakes.
+    #[test]
+    fn wakes_from_another_shard_arrive_in_one_wake_up() {
+        let (a, b) = (
+            Relay::new(Counter::default(), Counter::default()),
+            Relay::new(Counter::default(), Counter::default()),
+        );
+        let (relayed, runs) = (b.relayed.clone(), b.runs.clone());
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let registered = Arc::new(AtomicUsize::new(0));
+        let (wtx, wrx) = mpsc::channel();
+        let (f, r) = (flag.clone(), registered.clone());
+        // Shard b: ten tasks waiting for the flag.
+        let shard_b = std::thread::spawn(move || {
+            let rt = shard(b);
+            rt.block_on(async move {
+                let tasks: Vec<_> = (0..10)
+                    .map(|_| {
+                        let w = waiting(f.clone(), wtx.clone(), r.clone());
+                        tokio::spawn(relayed_task(w))
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+        });
+        let wakers: Vec<Waker> = (0..10).map(|_| wrx.recv().unwrap()).collect();
+        while registered.load(Ordering::Acquire) < 10 {
+            std::thread::yield_now();
+        }
+        // Shard a: one task sets the flag and wakes all ten.
+        let shard_a = std::thread::spawn(move || {
+            let rt = shard(a);
+            rt.block_on(async move {
+                tokio::spawn(async move {
+                    flag.store(true, Ordering::Release);
+                    for w in &wakers {
+                        w.wake_by_ref();
+                    }
+                })
+                .await
+                .unwrap();
+            });
+        });
+        shard_a.join().unwrap();
+        shard_b.join().unwrap();
+        assert_eq!(relayed.get(), 10);
+        assert_eq!(runs.get(), 1, "one relay run for the burst");
     }
 
     #[test]
