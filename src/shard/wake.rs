@@ -335,12 +335,7 @@ mod tests {
         let shard_thread = std::thread::spawn(move || {
             let rt = shard(relay);
             rt.block_on(async move {
-                let tasks: Vec<_> = (0..10)
-                    .map(|_| {
-                        let w = waiting(f.clone(), wtx.clone(), registered.clone());
-                        tokio::spawn(relayed_task(w))
-                    })
-                    .collect();
+                let tasks = spawn_ten(&f, &wtx, &registered);
                 // Let the ten register their wakers, then keep the thread busy (blocked) while
                 // the other thread wakes them all.
                 while registered.load(Ordering::Acquire) < 10 {
@@ -365,6 +360,20 @@ mod tests {
 
     async fn relayed_task(f: impl Future<Output = ()> + Unpin) {
         relayed(f).await
+    }
+
+    /// Ten relayed tasks on the calling runtime, each [`waiting`] for `flag`.
+    fn spawn_ten(
+        flag: &Arc<std::sync::atomic::AtomicBool>,
+        wakers: &mpsc::Sender<Waker>,
+        registered: &Arc<AtomicUsize>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..10)
+            .map(|_| {
+                let w = waiting(flag.clone(), wakers.clone(), registered.clone());
+                tokio::spawn(relayed_task(w))
+            })
+            .collect()
     }
 
     #[test]
@@ -401,13 +410,7 @@ mod tests {
         let shard_b = std::thread::spawn(move || {
             let rt = shard(b);
             rt.block_on(async move {
-                let tasks: Vec<_> = (0..10)
-                    .map(|_| {
-                        let w = waiting(f.clone(), wtx.clone(), r.clone());
-                        tokio::spawn(relayed_task(w))
-                    })
-                    .collect();
-                for t in tasks {
+                for t in spawn_ten(&f, &wtx, &r) {
                     t.await.unwrap();
                 }
             });
