@@ -23,6 +23,11 @@
 //! The counters `muxgate_shard_relayed_wakes_total{shard}` (tasks woken through the relay) and
 //! `muxgate_shard_relay_runs_total{shard}` (relay runs that woke at least one) show the
 //! coalescing: their ratio is the mean batch.
+//!
+//! Measured at 50 keep-alive clients (one origin connection): `bench/syscalls.sh` 4.1–4.6 →
+//! 3.4–3.8 system calls per request with the relay, 3.2 with the [`anchor`] too;
+//! `bench/compare.sh` (`compare-2026-11-27-1404.md`) CPU per request −22 %, 0.85× → 1.03× the
+//! best peer's req/s.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
