@@ -161,14 +161,9 @@ impl Relay {
     /// Has the relay task (of the calling thread's shard) send the outbox once the tasks
     /// runnable now have run.
     fn flush_soon(&self) {
-        let task = {
-            let mut st = self.lock();
-            (!std::mem::replace(&mut st.flush, true))
-                .then(|| st.task.clone())
-                .flatten()
-        };
-        if let Some(t) = task {
-            t.wake();
+        let first = !std::mem::replace(&mut self.lock().flush, true);
+        if first {
+            self.wake_task();
         }
     }
 }
