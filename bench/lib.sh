@@ -3,7 +3,9 @@
 # process, and a gateway config in front of it. Source it; it sets bin, dir, pids, oport.
 
 # BIN=path/to/muxgate runs another build instead (an A/B comparison of two commits: build
-# each, copy the binaries aside, run the benchmark with each in turn).
+# each, copy the binaries aside, run the benchmark with each in turn). ORIGIN_BIN=path runs the
+# test-kit origin from another build (by default the same binary), so that an A/B of the
+# gateway keeps one origin.
 if [[ -n ${BIN:-} ]]; then
     bin=$(realpath "$BIN")
 else
@@ -22,7 +24,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # The test-kit origin (TLS, ALPN h2 + http/1.1; writes ca.pem into $dir); sets oport.
-"$bin" origin --dir "$dir" ${ORIGIN_ARGS:-} >"$dir/origin.out" 2>&1 &
+"${ORIGIN_BIN:-$bin}" origin --dir "$dir" ${ORIGIN_ARGS:-} >"$dir/origin.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
 oport=$(awk '/listening/ {print $2}' "$dir/origin.out")
