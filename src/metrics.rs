@@ -41,7 +41,8 @@ pub struct Metrics {
     pub shard_relay_runs: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
     pub downstream_refused_total: Family<Labels, Counter>,
-    /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/2 client
+    /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/1.1 client
+    /// connections closed by `client.header_timeout`, `header_timeout`; HTTP/2 client
     /// connections the gateway closed with a GOAWAY error, e.g. `h2_control_flood`,
     /// `h2_reset_flood`, `h2_window_update_flood`, `h2_enhance_your_calm`, `h2_protocol_error`)
     pub downstream_closed_total: Family<Labels, Counter>,

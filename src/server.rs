@@ -1,6 +1,6 @@
 //! Client-facing listeners: accept (with the `client.max_connections` cap), TLS termination
-//! (with a handshake timeout), HTTP/1.1 via hyper (keep-alive, pipelining, header limits and the
-//! header read timeout), HTTP/2 via hyper when TLS ALPN chose `h2` or a plain connection opens
+//! (with a handshake timeout), HTTP/1.1 via hyper (keep-alive, pipelining, header limits; the
+//! header read timeout is [`head_timeout`]), HTTP/2 via hyper when TLS ALPN chose `h2` or a plain connection opens
 //! with the HTTP/2 preface and `client.h2c` is on (stream, header-list, reset and flood limits;
 //! see [`crate::h2guard`]), graceful shutdown (HTTP/2: GOAWAY, in-flight streams finish).
 //! Requests go to [`Proxy::handle`].
@@ -25,6 +25,9 @@ use crate::h2guard::{self, Guarded, Prefixed};
 use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, ConnHold, Proxy};
 use crate::shard::{Job, Open, Shards};
+
+pub mod head_timeout;
+use head_timeout::{HeadClock, Tracked};
 
 /// What a configuration reload swaps. Read once per request (the proxy: routes, pools, cache)
 /// or once per accepted connection (the limits), so a reload never disturbs a request in flight
@@ -230,6 +233,8 @@ where
     // the connection over, and this task waits for it (see the end of this function).
     let (hold_tx, hold_rx) = tokio::sync::oneshot::channel::<()>();
     let hold_tx = Arc::new(hold_tx);
+    let clock = HeadClock::new();
+    let head_clock = clock.clone();
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let proxy = live.proxy.load_full();
         // Only a request that may upgrade needs the hold (`proxy::upgrade` ignores the rest):
@@ -241,12 +246,18 @@ where
         // life, idle or not; unboxed, the proxy's request future made every idle keep-alive
         // connection several KiB larger (bench/idle_conns.sh).
         let fut = Box::pin(proxy.handle(req, client.clone()));
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        // The head is complete: the header timeout waits until this response is done.
+        let busy = clock.request();
+        async move {
+            let resp = fut.await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, busy)))
+        }
     });
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.0)
+        // `client.header_timeout` is `head_timeout` (one timer per connection, not hyper's
+        // timer per request); hyper's own would default to 30 s.
+        .header_read_timeout(None::<Duration>)
         // Twice the configured limits: between 1x and 2x the proxy answers 431/414 with a body.
         .max_header_size(limits.max_header_size.0 as usize * 2)
         .max_buf_size((limits.max_header_size.0 as usize * 2).max(8192) + 8192)
@@ -264,13 +275,28 @@ where
             .with_upgrades(),
     );
     let mut shutdown = ctx.shutdown.clone();
-    tokio::select! {
-        r = conn.as_mut() => log_conn_end(r),
+    let expired = head_clock.expired(limits.header_timeout.0);
+    tokio::pin!(expired);
+    let timed_out = tokio::select! {
+        r = conn.as_mut() => { log_conn_end(r); false }
+        () = expired.as_mut() => true,
         _ = shutdown.changed() => {
             // Finish the request in flight, then close (Connection: close on the response).
             conn.as_mut().graceful_shutdown();
-            log_conn_end(conn.as_mut().await);
+            tokio::select! {
+                r = conn.as_mut() => { log_conn_end(r); false }
+                () = expired => true,
+            }
         }
+    };
+    if timed_out {
+        // Idle past the timeout, or a head still incomplete: closed without a response (as
+        // hyper's own header timeout did).
+        tracing::debug!("client connection closed: header read timeout");
+        ctx.metrics
+            .downstream_closed_total
+            .get_or_create(&vec![("reason", "header_timeout".into())])
+            .inc();
     }
     // Drops the service and its `ConnHold`; what remains is held by an upgrade tunnel, if
     // any: the connection stays counted until the tunnel ends (shutdown closes tunnels).

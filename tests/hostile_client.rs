@@ -1407,6 +1407,51 @@ async fn dribbled_header_is_closed_at_the_header_timeout() {
     .await;
 }
 
+/// `client.header_timeout` is also the keep-alive idle timeout, timed from the end of the last
+/// response, not from the connection's start or the request's: a response slower than the
+/// timeout is not cut, and the idle connection after it is closed one timeout later and
+/// counted in `muxgate_downstream_connections_closed_total{reason="header_timeout"}`.
+#[tokio::test]
+async fn keep_alive_idle_is_timed_from_the_last_response() {
+    bounded(30, async {
+        let _serial = support::serial().await;
+        let mut h = Hostile::start("\n[client]\nheader_timeout = \"1s\"\n").await;
+        let metrics = h.s.gw.metrics().clone();
+        let timed_out = || {
+            support::metric_value(
+                &metrics.render(),
+                "muxgate_downstream_connections_closed_total{reason=\"header_timeout\"}",
+            )
+            .unwrap_or(0.0)
+        };
+        let before = timed_out();
+        let mut c = RawConn::connect(h.addr()).await;
+        // 0.6 s idle, then a response that takes 1.5 s: 2.1 s after the connection opened.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        c.send(support::proxy_kit::head("GET", "/delay/1500", HOST, "").as_bytes())
+            .await;
+        let r = c.read_response(false).await;
+        assert_eq!(r.status, 200, "a response slower than the header timeout");
+        h.expect_origin(1, "slow response");
+        let idle_from = Instant::now();
+        let rest = read_until_close(&mut c.stream, Duration::from_secs(5)).await;
+        let idle = idle_from.elapsed();
+        assert!(rest.closed, "the idle connection was never closed");
+        assert!(rest.bytes.is_empty(), "unexpected bytes: {:?}", rest.bytes);
+        assert!(
+            idle >= Duration::from_millis(800) && idle <= Duration::from_millis(2500),
+            "closed {idle:?} after the response"
+        );
+        assert!(
+            support::wait_until(Duration::from_secs(2), || timed_out() > before).await,
+            "header_timeout closes not counted: {before} -> {}",
+            timed_out()
+        );
+        h.finish().await;
+    })
+    .await;
+}
+
 /// `client.max_connections = 20`: with the background's connections and 18 held ones open,
 /// further connections are closed at accept (no response, no waiting in a queue) and counted in
 /// `muxgate_downstream_connections_refused_total{reason="limit"}`; once one held connection
