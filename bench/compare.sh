@@ -11,6 +11,10 @@
 #   nghttpx  backend `proto=h2;tls` (no HTTP/1.1 fallback: it sits out fallback-c200).
 #   direct   wrk speaking HTTP/1.1 over TLS straight to the origin (a reference, not a peer).
 #   nginx    (opt-in, GATEWAYS=... nginx) `upstream` + `keepalive 32` + proxy_ssl_session_reuse.
+# Every gateway forwards the same request fields: muxgate always adds X-Forwarded-For and
+# X-Forwarded-Proto, so HAProxy (`option forwardfor`, `set-header X-Forwarded-Proto`), nghttpx
+# (`add-x-forwarded-for`; it adds X-Forwarded-Proto by default) and nginx (`proxy_set_header`)
+# are configured to add them too, and none adds Via.
 #
 # Cases (wrk, HTTP/1.1 clients):
 #   ka-c50, ka-c200, ka-c1000  N keep-alive clients, GET 1 KiB
@@ -268,7 +272,7 @@ http {
   fastcgi_temp_path $work/origin/tmp_fastcgi;
   uwsgi_temp_path $work/origin/tmp_uwsgi;
   scgi_temp_path $work/origin/tmp_scgi;
-  log_format bench '\$connection \$ssl_session_reused \$server_protocol \$status';
+  log_format bench '\$connection \$ssl_session_reused \$server_protocol \$status \$http_x_forwarded_proto \$http_x_forwarded_for';
   access_log $work/origin/access.log bench buffer=64k flush=1s;
   open_file_cache max=16 inactive=600s;
   open_file_cache_valid 600s;
@@ -383,6 +387,8 @@ frontend fe
   default_backend be
 backend be
   http-reuse always
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
 $hap_cache_use
   server origin 127.0.0.1:$op ssl verify required ca-file $CA sni str($SNI) verifyhost $SNI alpn h2,http/1.1
 $hap_cache
@@ -395,6 +401,7 @@ workers=$GW_THREADS
 rlimit-nofile=$NOFILE
 log-level=WARN
 no-via=yes
+add-x-forwarded-for=yes
 NGX
   mkdir -p "$d/nginx"
   cat >"$d/nginx/nginx.conf" <<NGINX
@@ -421,6 +428,8 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
       proxy_ssl_server_name on;
       proxy_ssl_name $SNI;
       proxy_ssl_verify on;
@@ -572,6 +581,10 @@ run_one() {
   rotate_origin_log "$work/origin/run.log"
   local ostats
   ostats=$(origin_stats "$work/origin/run.log")
+  # Every gateway is set up to add X-Forwarded-For and -Proto (the same work as muxgate's).
+  local unfwd
+  unfwd=$(awk '$5 == "-" || $6 == "-" || NF < 6 { u++ } END { print u + 0 }' "$work/origin/run.log")
+  [[ $g == direct || $unfwd == 0 ]] || echo "- rep $rep $cs $g: $unfwd origin requests lacked X-Forwarded-For or X-Forwarded-Proto" >>"$notes"
   local requests=0 duration_us=1 connect=0 read=0 write=0 status_e=0 timeout_e=0 p50_us=0 p99_us=0 line
   line=$(grep -m1 '^WRKRESULT' <<<"$out" || true)
   if [[ -z $line ]]; then
