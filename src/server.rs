@@ -5,7 +5,9 @@
 //! see [`crate::h2guard`]), graceful shutdown (HTTP/2: GOAWAY, in-flight streams finish).
 //! Requests go to [`Proxy::handle`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -426,26 +428,35 @@ fn closed(ctx: &ServerCtx, reason: &str) {
         .inc();
 }
 
-/// Resolves when `shutdown` changes (or its sender is gone), like `shutdown.changed()`, but
-/// cheap to poll while nothing happens. A connection's `select!` polls every branch whenever
-/// the connection's task wakes, a few times per request, and each poll of `changed()` takes
-/// the channel's waiter lock to re-register the waker: ~500 instructions per request
-/// (`bench/callgrind.sh`). Once the waker is registered, a version check (one atomic load)
-/// says whether polling again can make progress. The task keeps its waker for its life.
+/// Polls `fut` until it is pending (its waker registered), then again only when `moved`
+/// says it may have progressed. For futures in a connection's `select!`, which polls every
+/// branch whenever the connection's task wakes (a few times per request): a `Sleep` or a
+/// `watch` change re-registers the waker on each poll, under a lock for the latter, while
+/// `moved` is an atomic load. The registered waker stays right because a connection's task
+/// keeps its waker for its life.
+pub(crate) async fn poll_armed<F: Future>(
+    mut fut: Pin<&mut F>,
+    mut moved: impl FnMut(&F) -> bool,
+) -> F::Output {
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if armed && !moved(&fut) {
+            return std::task::Poll::Pending;
+        }
+        let p = fut.as_mut().poll(cx);
+        armed = p.is_pending();
+        p
+    })
+    .await
+}
+
+/// Resolves when `shutdown` changes (or its sender is gone), like `shutdown.changed()`, whose
+/// polls cost ~500 instructions per request in a connection's `select!` (`bench/callgrind.sh`).
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let probe = shutdown.clone(); // same version seen as `shutdown`
     let changed = shutdown.changed();
     tokio::pin!(changed);
-    let mut armed = false;
-    std::future::poll_fn(|cx| {
-        if armed && matches!(probe.has_changed(), Ok(false)) {
-            return std::task::Poll::Pending;
-        }
-        let p = std::future::Future::poll(changed.as_mut(), cx);
-        armed = p.is_pending();
-        p.map(|_| ())
-    })
-    .await
+    let _ = poll_armed(changed, |_| !matches!(probe.has_changed(), Ok(false))).await;
 }
 
 fn log_conn_end(r: Result<(), hyper::Error>) {

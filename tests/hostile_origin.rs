@@ -689,12 +689,7 @@ async fn data_past_the_flow_control_window_is_refused() {
             "stream_window = \"256KiB\"\nconnection_window = \"1MiB\"",
         )
         .await;
-        // A small, fixed receive buffer: autotuned (tcp_rmem allows 32 MiB here) the client's
-        // kernel kept taking the body, the gateway kept granting window for it, and the 16 MiB
-        // bound below failed now and then under load.
-        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-        sock.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
-        let mut c = sock.connect(s.addr).await.expect("connect");
+        let mut c = TcpStream::connect(s.addr).await.expect("connect");
         c.write_all(b"GET /flood HTTP/1.1\r\nHost: bad.test\r\n\r\n")
             .await
             .expect("write");

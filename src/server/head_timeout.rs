@@ -12,7 +12,6 @@
 //! timer is moved only when it fires (once per timeout, or never on a busy connection whose
 //! requests keep coming: it then re-arms from the last idle moment).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,24 +53,14 @@ impl HeadClock {
 
     /// Resolves once the connection has been idle, or reading a head, for `timeout`.
     ///
-    /// Polled with the connection every time its task wakes (a few times per request), it
-    /// polls its timer only until the timer holds the task's waker, and again once the timer
-    /// has fired: polling a `Sleep` registers the waker anew each time, ~200 instructions per
-    /// request (`bench/callgrind.sh`). The connection's task keeps its waker for its life.
+    /// Polled with the connection every time its task wakes, it polls its timer only until the
+    /// timer holds the task's waker and once it has fired ([`super::poll_armed`]; polling the
+    /// `Sleep` each time cost ~200 instructions per request, `bench/callgrind.sh`).
     pub async fn expired(&self, timeout: Duration) {
         let sleep = tokio::time::sleep_until(self.base + timeout);
         tokio::pin!(sleep);
         loop {
-            let mut armed = false;
-            std::future::poll_fn(|cx| {
-                if armed && !sleep.is_elapsed() {
-                    return Poll::Pending;
-                }
-                let p = sleep.as_mut().poll(cx);
-                armed = p.is_pending();
-                p
-            })
-            .await;
+            super::poll_armed(sleep.as_mut(), |s| s.is_elapsed()).await;
             let now = Instant::now();
             let due = if self.in_flight.load(Ordering::Relaxed) > 0 {
                 // A response is in progress: nothing can expire before it ends.

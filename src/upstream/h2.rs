@@ -256,7 +256,16 @@ impl H2Conn {
 
     /// Wraps a response body from this connection (its drop obeys the reset budget).
     pub fn body(&self, recv: RecvStream, headers: &HeaderMap) -> H2Body {
-        H2Body::new(recv, headers, self.ctl.clone())
+        H2Body {
+            recv: Some(recv),
+            data_done: false,
+            length: headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            received: 0,
+            ctl: self.ctl.clone(),
+        }
     }
 
     /// Marks the connection unusable for new streams (its dispatch task has ended).
@@ -994,31 +1003,9 @@ async fn pump(mut body: UpBody, mut stream: SendStream<Bytes>, body_failed: Arc<
 pub struct H2Body {
     recv: Option<RecvStream>,
     data_done: bool,
-    /// The stream has reached its end (seen once in `poll_frame`). hyper and the body's
-    /// wrappers ask `is_end_stream` several times per response, and each answer from h2 takes
-    /// the connection's stream lock: 7 of them per request (bench/callgrind.sh).
-    ended: bool,
     length: Option<u64>,
     received: u64,
     ctl: Arc<ConnCtl>,
-}
-
-impl H2Body {
-    fn new(recv: RecvStream, headers: &HeaderMap, ctl: Arc<ConnCtl>) -> H2Body {
-        H2Body {
-            // A response without a body (HEAD, 204, 304, END_STREAM on HEADERS) has ended
-            // already, whatever its Content-Length says.
-            ended: recv.is_end_stream(),
-            recv: Some(recv),
-            data_done: false,
-            length: headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
-            received: 0,
-            ctl,
-        }
-    }
 }
 
 impl Drop for H2Body {
@@ -1026,7 +1013,7 @@ impl Drop for H2Body {
         let Some(recv) = self.recv.take() else {
             return;
         };
-        if self.ended || recv.is_end_stream() {
+        if recv.is_end_stream() {
             return;
         }
         let complete = self.length.is_some_and(|n| self.received >= n);
@@ -1085,7 +1072,6 @@ impl Body for H2Body {
                 Poll::Ready(Some(Ok(d))) => {
                     let _ = recv.flow_control().release_capacity(d.len());
                     this.received += d.len() as u64;
-                    this.ended = recv.is_end_stream();
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
@@ -1094,28 +1080,14 @@ impl Body for H2Body {
             }
         }
         match recv.poll_trailers(cx) {
-            Poll::Ready(Ok(Some(t))) => {
-                this.ended = true;
-                Poll::Ready(Some(Ok(Frame::trailers(t))))
-            }
-            Poll::Ready(Ok(None)) => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.ended {
-            return true;
-        }
-        // Short of its Content-Length the body cannot have ended well: h2 fails a stream that
-        // ends early, and `poll_frame` reports that. No need to take the stream lock to say so.
-        if self.length.is_some_and(|n| self.received < n) {
-            return false;
-        }
         self.recv.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
@@ -1124,111 +1096,5 @@ impl Body for H2Body {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    /// A real HTTP/2 origin on 127.0.0.1 answering by path: `/head` (a HEAD) HEADERS only with
-    /// END_STREAM, `/data` one DATA frame carrying END_STREAM, `/trailers` DATA then
-    /// trailers. Content-Length 5 on all three.
-    async fn origin() -> SocketAddr {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
-            let mut conn = h2::server::handshake(tcp).await.unwrap();
-            while let Some(Ok((req, mut respond))) = conn.accept().await {
-                let resp = http::Response::builder()
-                    .header("content-length", "5")
-                    .body(())
-                    .unwrap();
-                match req.uri().path() {
-                    "/head" => drop(respond.send_response(resp, true)),
-                    "/data" => {
-                        let mut s = respond.send_response(resp, false).unwrap();
-                        s.send_data(Bytes::from_static(b"hello"), true).unwrap();
-                    }
-                    _ => {
-                        let mut s = respond.send_response(resp, false).unwrap();
-                        s.send_data(Bytes::from_static(b"hello"), false).unwrap();
-                        let mut t = HeaderMap::new();
-                        t.insert("x-done", http::HeaderValue::from_static("1"));
-                        s.send_trailers(t).unwrap();
-                    }
-                }
-            }
-        });
-        addr
-    }
-
-    fn ctl() -> Arc<ConnCtl> {
-        Arc::new(ConnCtl {
-            max_streams: AtomicUsize::new(100),
-            closed: AtomicBool::new(false),
-            resets: Mutex::new(ResetBudget {
-                tokens: 10.0,
-                last: Instant::now(),
-                rate: 10.0,
-                burst: 10.0,
-            }),
-        })
-    }
-
-    /// `is_end_stream` answers from what the body has seen (it no longer asks h2 each time):
-    /// still right for a body-less response with a Content-Length, for END_STREAM on the last
-    /// DATA frame, and for a body that ends with trailers.
-    #[tokio::test]
-    async fn body_end_is_known_without_asking_h2_each_time() {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            let tcp = tokio::net::TcpStream::connect(origin().await)
-                .await
-                .unwrap();
-            let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
-            tokio::spawn(conn);
-            let mut get = async |path: &str| {
-                let method = if path == "/head" { "HEAD" } else { "GET" };
-                let req = http::Request::builder()
-                    .method(method)
-                    .uri(format!("http://o.test{path}"))
-                    .body(())
-                    .unwrap();
-                let (resp, _) = send.send_request(req, true).unwrap();
-                let (parts, recv) = resp.await.unwrap().into_parts();
-                // Let the frames after HEADERS arrive, so h2 knows how the stream ends.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                H2Body::new(recv, &parts.headers, ctl())
-            };
-
-            let head = get("/head").await;
-            assert!(
-                head.is_end_stream(),
-                "HEAD: ended at once, Content-Length or not"
-            );
-
-            let mut data = get("/data").await;
-            assert!(!data.is_end_stream(), "DATA not read yet");
-            let f = data.frame().await.unwrap().unwrap();
-            assert_eq!(f.into_data().unwrap(), "hello");
-            assert!(data.is_end_stream(), "END_STREAM came on the DATA frame");
-            assert!(data.frame().await.is_none());
-
-            let mut tr = get("/trailers").await;
-            let f = tr.frame().await.unwrap().unwrap();
-            assert_eq!(f.into_data().unwrap(), "hello");
-            assert!(
-                !tr.is_end_stream(),
-                "trailers still to come, though 5 bytes are in"
-            );
-            let f = tr.frame().await.unwrap().unwrap();
-            assert_eq!(f.trailers_ref().unwrap()["x-done"], "1");
-            assert!(tr.is_end_stream());
-            assert!(tr.frame().await.is_none());
-        })
-        .await
-        .unwrap();
     }
 }
