@@ -652,10 +652,27 @@ async fn endless_body_streams_past_header_timeout_and_client_close_releases_it()
 
 /// The origin ignores flow control: after HEADERS 200 it sends DATA as fast as it can, never
 /// waiting for WINDOW_UPDATE, to a client that reads nothing. The gateway must refuse DATA past
-/// the window it granted (RFC 9113 §6.9.1: FLOW_CONTROL_ERROR) rather than buffer it: the
-/// origin's writes fail after the window (256 KiB here) plus what the socket buffers hold.
+/// the window it granted (RFC 9113 §6.9.1: FLOW_CONTROL_ERROR) rather than buffer it, and must
+/// close the connection rather than discard the flood while granting connection window for it
+/// (what h2 alone does after its stream reset): the origin's writes fail after the window
+/// (256 KiB here) plus what the socket buffers hold, and the close is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_past_the_flow_control_window_is_refused() {
+    flood_past_the_window("stream_window = \"256KiB\"\nconnection_window = \"1MiB\"").await;
+}
+
+/// As above, with a connection window far larger than the stream's: the origin overruns the
+/// stream window first, h2 resets the stream (FLOW_CONTROL_ERROR) and would discard the rest of
+/// the flood while granting connection window for it. The gateway sees its own reset go out
+/// and closes the connection (`upstream::rst_watch`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_past_a_stream_window_closes_the_connection() {
+    flood_past_the_window("stream_window = \"256KiB\"\nconnection_window = \"64MiB\"").await;
+}
+
+/// An origin that floods DATA regardless of flow control, to a client that reads nothing; the
+/// gateway must cut it off well before `CAP` and count one protocol error.
+async fn flood_past_the_window(windows: &'static str) {
     const CAP: u64 = 64 << 20;
     bounded(60, async {
         let written = Arc::new(AtomicU64::new(0));
@@ -686,7 +703,7 @@ async fn data_past_the_flow_control_window_is_refused() {
                     result
                 }
             },
-            "stream_window = \"256KiB\"\nconnection_window = \"1MiB\"",
+            windows,
         )
         .await;
         let mut c = TcpStream::connect(s.addr).await.expect("connect");
@@ -709,6 +726,15 @@ async fn data_past_the_flow_control_window_is_refused() {
         assert!(
             n < 16 << 20,
             "the gateway accepted {n} bytes past its window"
+        );
+        let text = s.gw.metrics().render();
+        assert_eq!(
+            metric_value(
+                &text,
+                "muxgate_upstream_errors_total{origin=\"bad\",kind=\"protocol\"}"
+            ),
+            Some(1.0),
+            "{text}"
         );
         assert_bad_pool_empties(&s).await;
         s.assert_good_serves().await;

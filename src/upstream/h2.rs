@@ -767,8 +767,9 @@ async fn connect(
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.metrics.conns_h2.inc();
-    let io = CountedIo::new(c.io, shared.metrics.open_h2.clone());
+    let mut io = CountedIo::new(c.io, shared.metrics.open_h2.clone());
     let read_any = io.read_any();
+    let overrun = io.watch_flow_control_resets();
     let (settled_tx, settled_rx) = oneshot::channel();
     let mut settled_tx = Some(settled_tx);
     let (sender, mut conn) = shared
@@ -811,6 +812,13 @@ async fn connect(
         // Relayed: streams of clients on other shards wake it through this shard's relay.
         let drive = crate::shard::wake::relayed(crate::coalesce::coalesce(poll_fn(|cx| {
             let r = Pin::new(&mut conn).poll(cx);
+            if overrun.load(Ordering::Acquire) {
+                // h2 just reset a stream the origin overran (see `super::rst_watch`): a
+                // connection error (RFC 9113 §6.9.1), so its further DATA is not read.
+                return std::task::Poll::Ready(Err(h2::Error::from(
+                    h2::Reason::FLOW_CONTROL_ERROR,
+                )));
+            }
             if settled_tx.is_some() && r.is_pending() && read_any.load(Ordering::Acquire) {
                 if let Some(tx) = settled_tx.take() {
                     ctl.max_streams.store(
@@ -847,15 +855,34 @@ async fn connect(
                 r.ok()
             }
         };
-        match ended {
-            Some(Ok(())) => tracing::debug!(%origin, conn = id, "h2 connection closed"),
-            Some(Err(e)) => tracing::warn!(%origin, conn = id, error = %e, "h2 connection failed"),
-            None => {}
+        let violated = match ended {
+            _ if overrun.load(Ordering::Acquire) => {
+                tracing::warn!(%origin, conn = id, "origin sent DATA past a stream's flow-control window: closing the connection");
+                true
+            }
+            Some(Ok(())) => {
+                tracing::debug!(%origin, conn = id, "h2 connection closed");
+                false
+            }
+            Some(Err(e)) => {
+                tracing::warn!(%origin, conn = id, error = %e, "h2 connection failed");
+                // A connection error the gateway detected (it sent GOAWAY): the origin broke
+                // the protocol. Counted once per connection, even if no request failed.
+                e.is_go_away() && e.is_library()
+            }
+            None => false,
+        };
+        if violated {
+            if let Some(s) = weak.upgrade() {
+                s.metrics.error("protocol");
+            }
         }
         // Dropping the connection here fails its remaining streams (as a reset).
         ctl.closed.store(true, Ordering::Release);
         if let Some(s) = weak.upgrade() {
-            s.lock().remove_finished();
+            // Its streams have all failed with it: the slot goes now, even if some of their
+            // bodies are still held (their leases find no slot when they end).
+            s.lock().slots.retain(|slot| slot.conn.id != id);
             // Waiters may need a new connection now.
             s.distribute();
         }

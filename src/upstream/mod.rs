@@ -18,6 +18,7 @@ pub mod connect;
 pub mod h1;
 pub mod h2;
 pub mod resolve;
+pub mod rst_watch;
 pub mod upgrade;
 
 use std::io;
@@ -101,11 +102,15 @@ pub struct ConnStats {
 
 /// A transport that keeps the `upstream_connections_open` gauge right: +1 when made, −1 when
 /// the connection's I/O object is dropped (by hyper, when the connection really closes).
-/// It also records whether any bytes were read yet (the peer's first frames have arrived).
+/// It also records whether any bytes were read yet (the peer's first frames have arrived),
+/// and on HTTP/2 connections whether h2 wrote an RST_STREAM(FLOW_CONTROL_ERROR)
+/// ([`rst_watch`]).
 pub struct CountedIo {
     inner: Transport,
     open: Gauge,
     read_any: Arc<AtomicBool>,
+    /// The written-bytes watch and the flag it raises (HTTP/2 connections only).
+    rst: Option<(rst_watch::RstWatch, Arc<AtomicBool>)>,
 }
 
 impl CountedIo {
@@ -115,6 +120,32 @@ impl CountedIo {
             inner,
             open,
             read_any: Arc::new(AtomicBool::new(false)),
+            rst: None,
+        }
+    }
+
+    /// Starts watching the written bytes (an HTTP/2 client connection, before its preface);
+    /// the flag is raised once h2 resets a stream with FLOW_CONTROL_ERROR.
+    fn watch_flow_control_resets(&mut self) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.rst = Some((rst_watch::RstWatch::new(), flag.clone()));
+        flag
+    }
+
+    /// Passes the first `n` bytes of `bufs` (what the transport accepted) to the watch.
+    fn watched<'a>(&mut self, bufs: impl IntoIterator<Item = &'a [u8]>, mut n: usize) {
+        let Some((watch, flag)) = self.rst.as_mut() else {
+            return;
+        };
+        for b in bufs {
+            if n == 0 {
+                break;
+            }
+            let take = n.min(b.len());
+            if watch.feed(&b[..take]) {
+                flag.store(true, Ordering::Release);
+            }
+            n -= take;
         }
     }
 
@@ -148,14 +179,24 @@ impl AsyncRead for CountedIo {
 
 impl AsyncWrite for CountedIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, b);
+        if let (Poll::Ready(Ok(n)), Some(_)) = (&r, &this.rst) {
+            this.watched([b], *n);
+        }
+        r
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         b: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, b)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, b);
+        if let (Poll::Ready(Ok(n)), Some(_)) = (&r, &this.rst) {
+            this.watched(b.iter().map(|s| &s[..]), *n);
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
