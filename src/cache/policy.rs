@@ -269,6 +269,9 @@ pub struct EntryMeta {
     pub age_value: Duration,
     /// Freshness lifetime, at most [`MAX_DELTA`].
     pub lifetime: Duration,
+    /// RFC 9111 §4.2.3 `corrected_initial_age`, fixed once stored (see
+    /// [`EntryMeta::current_age`]).
+    pub initial_age: Duration,
     /// Where `lifetime` came from.
     pub freshness: FreshnessSource,
     /// The response directives that apply to this cache (targeted field, or `Cache-Control`).
@@ -1629,13 +1632,18 @@ impl EntryMeta {
                 Err(_) => vec![(HeaderName::from_static("*"), None)],
             }
         };
+        let age_value = age_header(resp_headers);
+        let apparent_age = since(response_time, date_value);
+        let response_delay = since(response_time, request_time);
+        let initial_age = apparent_age.max(age_value.saturating_add(response_delay));
         EntryMeta {
             request_time,
             response_time,
             status,
             date,
-            age_value: age_header(resp_headers),
+            age_value,
             lifetime,
+            initial_age,
             freshness,
             directives,
             etag: valid_etag(resp_headers),
@@ -1655,15 +1663,12 @@ impl EntryMeta {
     /// current_age = corrected_initial_age + resident_time;
     /// ```
     ///
-    /// A clock running backwards yields zero components, never a negative age.
+    /// A clock running backwards yields zero components, never a negative age. Everything but
+    /// `resident_time` is known when the entry is built ([`EntryMeta::initial_age`]); a hit
+    /// computes only the last line (it runs twice per hit).
     pub fn current_age(&self, now: SystemTime) -> Duration {
-        let date_value = self.date.unwrap_or(self.response_time);
-        let apparent_age = since(self.response_time, date_value);
-        let response_delay = since(self.response_time, self.request_time);
-        let corrected_age_value = self.age_value.saturating_add(response_delay);
-        let corrected_initial_age = apparent_age.max(corrected_age_value);
         let resident_time = since(now, self.response_time);
-        corrected_initial_age.saturating_add(resident_time)
+        self.initial_age.saturating_add(resident_time)
     }
 
     /// RFC 9111 §4.2: `response_is_fresh = (freshness_lifetime > current_age)`. Says nothing

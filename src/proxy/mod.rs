@@ -310,7 +310,8 @@ impl Proxy {
             .map_err(fail)?;
         let cache_key = self.cache.as_ref().filter(|_| route.cache).map(|c| {
             let scheme = if client.tls { "https" } else { "http" };
-            let name = crate::route::normalize_host(host.host());
+            // `host` has no userinfo (`request_host`), so its string is host[:port].
+            let name = crate::route::normalize_host(host.as_str());
             let key = c
                 .key
                 .render(scheme, &name, path_and_query.path(), path_and_query.query());
@@ -379,7 +380,7 @@ impl Proxy {
         log.host = Some(host.clone());
         let idx = self
             .router
-            .route(host.host())
+            .route(host.as_str())
             .ok_or((Error::NoRoute, None))?;
         let route = &self.routes[idx];
         log.origin = Some(route.pool.name_shared());
@@ -504,7 +505,8 @@ fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
         .to_str()
         .ok()
         .and_then(|h| Authority::try_from(h).ok())
-        .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        // Without userinfo, the host part is empty exactly when the value starts with ':'.
+        .filter(|a| !a.as_str().starts_with(':') && !a.as_str().contains('@'))
         .ok_or(Error::BadRequest("invalid Host header"))?;
     Ok(host)
 }
