@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 
@@ -116,7 +116,7 @@ async fn revalidate(
             let meta = EntryMeta::new(&head.headers, entry.status, &merged, t0, now, &c.policy);
             let stored = Stored {
                 status: entry.status,
-                headers: merged,
+                headers: with_serving_slots(merged),
                 body: entry.body.clone(),
                 meta,
             };
@@ -299,6 +299,27 @@ fn into_client(up: Upstream) -> Response<RespBody> {
     Response::from_parts(parts, body.boxed_unsync())
 }
 
+/// Stored fields with a slot for each field a hit sets, so a hit replaces values instead of
+/// inserting fields: `Age` ("0" if the origin sent none: the same age as no `Age` field,
+/// RFC 9111 §4.2.3) and `X-Cache-Status` (always overwritten before a response leaves). A
+/// hit's copy is a clone, whose entries have no spare capacity: a new field reallocates them.
+/// And `HeaderMap::insert` grows (rehashes) a full map even to replace a value, so the index
+/// gets headroom, which clones keep. Measured with bench/callgrind.sh on 1 KiB hits: 17,708 →
+/// 17,579 instructions per hit; `Age` alone with the headroom: 17,892.
+fn with_serving_slots(mut h: HeaderMap) -> HeaderMap {
+    if !h.contains_key(header::AGE) {
+        h.insert(header::AGE, HeaderValue::from_static("0"));
+    }
+    if !h.contains_key(&super::X_CACHE_STATUS) {
+        h.insert(
+            super::X_CACHE_STATUS.clone(),
+            HeaderValue::from_static("MISS"),
+        );
+    }
+    h.reserve(1);
+    h
+}
+
 /// A stored response as the client gets it: stored fields, a generated `Age` (RFC 9111 §5.1).
 fn from_store(s: &Stored, now: SystemTime) -> Response<RespBody> {
     let mut r = Response::new(
@@ -380,7 +401,7 @@ impl Observer for Tee {
                 &p.key,
                 Stored {
                     status: p.status,
-                    headers: p.headers,
+                    headers: with_serving_slots(p.headers),
                     body,
                     meta: p.meta,
                 },

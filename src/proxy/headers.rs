@@ -44,17 +44,50 @@ fn connection_nominated(h: &HeaderMap) -> Vec<HeaderName> {
 /// Removes hop-by-hop fields and those `Connection` nominates. `keep_te_trailers` keeps a
 /// `TE: trailers` (allowed in HTTP/2 requests).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
-    // Most messages carry none of these (and without `Connection` nothing is nominated): one
-    // pass over the names costs less than a hashed removal per candidate (bench/callgrind.sh).
-    let mut present = [false; HOP_BY_HOP.len()];
-    let mut any = false;
-    for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
-            present[i] = true;
-            any = true;
+    let seen = Seen::scan(h);
+    strip_seen(h, &seen, keep_te_trailers);
+}
+
+/// Which of the names the translation acts on a header map holds, found in one pass over its
+/// names: most messages carry no hop-by-hop field, no `Expect` and no `X-Forwarded-For`, and a
+/// pass costs less than a hashed lookup or removal per candidate (bench/callgrind.sh).
+struct Seen {
+    /// Per entry of [`HOP_BY_HOP`].
+    hop: [bool; HOP_BY_HOP.len()],
+    any_hop: bool,
+    host: bool,
+    expect: bool,
+    forwarded_for: bool,
+}
+
+impl Seen {
+    fn scan(h: &HeaderMap) -> Seen {
+        let mut s = Seen {
+            hop: [false; HOP_BY_HOP.len()],
+            any_hop: false,
+            host: false,
+            expect: false,
+            forwarded_for: false,
+        };
+        for k in h.keys() {
+            if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+                s.hop[i] = true;
+                s.any_hop = true;
+            } else if k == header::HOST {
+                s.host = true;
+            } else if k == header::EXPECT {
+                s.expect = true;
+            } else if k == X_FORWARDED_FOR {
+                s.forwarded_for = true;
+            }
         }
+        s
     }
-    if !any {
+}
+
+/// [`strip_hop_by_hop`] with the names already scanned.
+fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
+    if !seen.any_hop {
         return;
     }
     let te_trailers = keep_te_trailers
@@ -66,13 +99,13 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
                 })
                 .unwrap_or(false)
         });
-    if present[0] {
+    if seen.hop[0] {
         for name in connection_nominated(h) {
             h.remove(&name);
         }
     }
     // Only the names seen above: each removal hashes its name.
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+    for (name, _) in HOP_BY_HOP.iter().zip(seen.hop).filter(|(_, p)| *p) {
         h.remove(name);
     }
     if te_trailers {
@@ -105,10 +138,17 @@ impl ForwardedFor {
 /// caller carries it as `:authority` or re-adds it), `Expect` removed (the gateway answers
 /// 100-continue itself), `X-Forwarded-For` appended, `X-Forwarded-Proto` set.
 pub fn request_to_origin(mut h: HeaderMap, client: &ForwardedFor, tls: bool) -> HeaderMap {
-    strip_hop_by_hop(&mut h, true);
-    h.remove(header::HOST);
-    h.remove(header::EXPECT);
-    if !h.contains_key(&X_FORWARDED_FOR) {
+    // One scan decides every removal below. `Connection` may nominate Host, Expect or
+    // X-Forwarded-For; the flags then overstate what is left, which costs a lookup, no more.
+    let seen = Seen::scan(&h);
+    strip_seen(&mut h, &seen, true);
+    if seen.host {
+        h.remove(header::HOST);
+    }
+    if seen.expect {
+        h.remove(header::EXPECT);
+    }
+    if !seen.forwarded_for {
         h.insert(X_FORWARDED_FOR.clone(), client.0.clone());
     } else {
         append_forwarded_for(&mut h, client.as_str());
