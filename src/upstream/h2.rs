@@ -813,8 +813,9 @@ async fn connect(
         let drive = crate::shard::wake::relayed(crate::coalesce::coalesce(poll_fn(|cx| {
             let r = Pin::new(&mut conn).poll(cx);
             if overrun.load(Ordering::Acquire) {
-                // h2 just reset a stream the origin overran (see `super::rst_watch`): a
-                // connection error (RFC 9113 §6.9.1), so its further DATA is not read.
+                // h2 just reset a stream for the origin's flow-control violation (see
+                // `super::rst_watch`): made a connection error (RFC 9113 §6.9.1), so the
+                // origin's further DATA is not read.
                 return std::task::Poll::Ready(Err(h2::Error::from(
                     h2::Reason::FLOW_CONTROL_ERROR,
                 )));
@@ -857,7 +858,7 @@ async fn connect(
         };
         let violated = match ended {
             _ if overrun.load(Ordering::Acquire) => {
-                tracing::warn!(%origin, conn = id, "origin sent DATA past a stream's flow-control window: closing the connection");
+                tracing::warn!(%origin, conn = id, "origin broke flow control on a stream (DATA past its window, or a window past 2^31-1): closing the connection");
                 true
             }
             Some(Ok(())) => {

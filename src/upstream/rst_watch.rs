@@ -8,8 +8,10 @@
 //! also outruns the connection window before the gateway's WINDOW_UPDATE, a race. RFC 9113
 //! §6.9.1 lets the receiver treat the overrun as a connection error instead; h2 has no option
 //! for that, and its public API does not say which streams it reset or why. The reset frame
-//! itself is the one reliable sign: the gateway never sends FLOW_CONTROL_ERROR for any other
-//! reason, so when h2 writes one, the pool closes the connection (see `h2::connect`).
+//! itself is the one reliable sign. h2 sends FLOW_CONTROL_ERROR on a stream for that overrun
+//! and for a WINDOW_UPDATE that takes the stream's send window past 2^31-1 (RFC 9113 §6.9.1),
+//! both the origin's violations; the gateway's own resets are CANCEL. So when h2 writes one,
+//! the pool closes the connection (see `h2::connect`).
 //!
 //! [`RstWatch`] is pure bookkeeping over the written byte stream — the 24-byte client preface,
 //! then frames (9-byte header, payload) — fed in arbitrary pieces, exactly as the transport
