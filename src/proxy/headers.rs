@@ -54,7 +54,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
 struct Seen {
     /// Per entry of [`HOP_BY_HOP`].
     hop: [bool; HOP_BY_HOP.len()],
-    any_hop: bool,
     host: bool,
     expect: bool,
     forwarded_for: bool,
@@ -64,7 +63,6 @@ impl Seen {
     fn scan(h: &HeaderMap) -> Seen {
         let mut s = Seen {
             hop: [false; HOP_BY_HOP.len()],
-            any_hop: false,
             host: false,
             expect: false,
             forwarded_for: false,
@@ -72,7 +70,6 @@ impl Seen {
         for k in h.keys() {
             if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
                 s.hop[i] = true;
-                s.any_hop = true;
             } else if k == header::HOST {
                 s.host = true;
             } else if k == header::EXPECT {
@@ -87,7 +84,7 @@ impl Seen {
 
 /// [`strip_hop_by_hop`] with the names already scanned.
 fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
-    if !seen.any_hop {
+    if !seen.hop.contains(&true) {
         return;
     }
     let te_trailers = keep_te_trailers
