@@ -363,6 +363,10 @@ pub struct ClientLimits {
     pub header_timeout: HumanDuration,
     /// TLS handshake time allowed for a client. Default `"10s"`.
     pub tls_handshake_timeout: HumanDuration,
+    /// HTTP/1.1 clients: how long writes of a response may stay blocked (the client does not
+    /// read) before the connection is closed, which releases the upstream stream the response
+    /// holds. Timed between two writes, not over the whole response. Default `"60s"`.
+    pub send_timeout: HumanDuration,
     /// Largest request header block (request line + fields). Default `"64KiB"` → 431 past it.
     pub max_header_size: ByteSize,
     /// Most request header fields. Default 100 → 431 past it.
@@ -419,6 +423,7 @@ impl Default for ClientLimits {
             max_connections: 10_000,
             header_timeout: secs(30),
             tls_handshake_timeout: secs(10),
+            send_timeout: secs(60),
             max_header_size: ByteSize(64 * 1024),
             max_headers: 100,
             max_body_size: ByteSize(0),
@@ -682,6 +687,9 @@ impl Config {
         let c = &self.client;
         if c.max_connections == 0 {
             return Err(err("client.max_connections", "must be at least 1"));
+        }
+        if c.send_timeout.0.is_zero() {
+            return Err(err("client.send_timeout", "must be greater than zero"));
         }
         if c.max_header_size.0 < 1024 {
             return Err(err("client.max_header_size", "must be at least 1KiB"));

@@ -42,7 +42,8 @@ pub struct Metrics {
     /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
     pub downstream_refused_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/1.1 client
-    /// connections closed by `client.header_timeout`, `header_timeout`; HTTP/2 client
+    /// connections closed by `client.header_timeout`, `header_timeout`, or by
+    /// `client.send_timeout`, `send_timeout`; HTTP/2 client
     /// connections the gateway closed with a GOAWAY error, e.g. `h2_control_flood`,
     /// `h2_reset_flood`, `h2_window_update_flood`, `h2_enhance_your_calm`, `h2_protocol_error`)
     pub downstream_closed_total: Family<Labels, Counter>,
@@ -205,7 +206,7 @@ impl Metrics {
         );
         registry.register(
             "downstream_connections_closed",
-            "HTTP/2 client connections closed by the gateway with a GOAWAY error",
+            "Client connections the gateway closed: HTTP/1.1 timeouts, HTTP/2 GOAWAY errors",
             m.downstream_closed_total.clone(),
         );
         registry.register(

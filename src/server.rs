@@ -29,7 +29,7 @@ use crate::proxy::{ClientInfo, ConnHold, Proxy};
 use crate::shard::{Job, Open, Shards};
 
 pub mod head_timeout;
-use head_timeout::{HeadClock, Tracked};
+use head_timeout::{Expiry, HeadClock, SendWatch, Tracked};
 
 /// What a configuration reload swaps. Read once per request (the proxy: routes, pools, cache)
 /// or once per accepted connection (the limits), so a reload never disturbs a request in flight
@@ -273,32 +273,35 @@ where
     // (`proxy::upgrade`), which then lives on its own task.
     let mut conn = Box::pin(
         builder
-            .serve_connection(TokioIo::new(io), svc)
+            .serve_connection(TokioIo::new(SendWatch::new(io, head_clock.clone())), svc)
             .with_upgrades(),
     );
     let mut shutdown = ctx.shutdown.clone();
-    let expired = head_clock.expired(limits.header_timeout.0);
+    let expired = head_clock.expired(limits.header_timeout.0, limits.send_timeout.0);
     tokio::pin!(expired);
     let timed_out = tokio::select! {
-        r = conn.as_mut() => { log_conn_end(r); false }
-        () = expired.as_mut() => true,
+        r = conn.as_mut() => { log_conn_end(r); None }
+        e = expired.as_mut() => Some(e),
         () = stopping(&mut shutdown) => {
             // Finish the request in flight, then close (Connection: close on the response).
             conn.as_mut().graceful_shutdown();
             tokio::select! {
-                r = conn.as_mut() => { log_conn_end(r); false }
-                () = expired => true,
+                r = conn.as_mut() => { log_conn_end(r); None }
+                e = expired => Some(e),
             }
         }
     };
-    if timed_out {
-        // Idle past the timeout, or a head still incomplete: closed without a response (as
-        // hyper's own header timeout did).
-        tracing::debug!("client connection closed: header read timeout");
-        ctx.metrics
-            .downstream_closed_total
-            .get_or_create(&vec![("reason", "header_timeout".into())])
-            .inc();
+    if let Some(e) = timed_out {
+        // Idle past the header timeout or a head still incomplete: closed without a response
+        // (as hyper's own header timeout did). A response the client stopped reading: the
+        // connection is closed mid-response, which releases its upstream stream.
+        match e {
+            Expiry::Header => tracing::debug!("client connection closed: header read timeout"),
+            Expiry::Send => tracing::debug!(
+                "client connection closed: send timeout (the client stopped reading the response)"
+            ),
+        }
+        closed(ctx, e.reason());
     }
     // Drops the service and its `ConnHold`; what remains is held by an upgrade tunnel, if
     // any: the connection stays counted until the tunnel ends (shutdown closes tunnels).

@@ -1,6 +1,9 @@
 //! Clients that disconnect mid-request in bulk must not get the shared origin connection
 //! closed: each abort cancels its upstream stream (RST_STREAM CANCEL), and neither the gateway's
 //! own h2 limits on reset streams nor the origin may tear the connection down for everyone.
+//!
+//! Clients that stop reading a response are aborted by the gateway (`client.send_timeout`),
+//! which releases the upstream stream they held; slow readers that keep reading are not.
 
 mod support;
 
@@ -10,7 +13,8 @@ use std::time::Duration;
 
 use muxgate::testkit::origin::Origin;
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_client_aborts_leave_the_shared_connection_alive() {
@@ -95,4 +99,149 @@ async fn thousands_of_client_aborts_leave_the_shared_connection_alive() {
         "{:?}",
         pool.stats()
     );
+}
+
+/// `[client] send_timeout = "1s"` after the origin's table.
+const SEND_TIMEOUT_1S: &str = "\n[client]\nsend_timeout = \"1s\"\n";
+
+/// A client connection with a small receive buffer, so the gateway's writes block soon after
+/// the client stops reading.
+async fn small_window_client(addr: std::net::SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    sock.connect(addr).await.expect("connect")
+}
+
+/// A client that stops reading a large response is closed at `client.send_timeout` (timed
+/// from when the gateway's writes blocked), counted in
+/// `muxgate_downstream_connections_closed_total{reason="send_timeout"}`, and the upstream
+/// stream its response held is released; the shared connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
+    init();
+    let (pki, _files) = pki();
+    let origin = Origin::h2().start(&pki).await.expect("origin");
+    let (gw, _f) = gateway_for(&origin, &pki, SEND_TIMEOUT_1S).await;
+    let addr = gw.http_addrs[0];
+    assert_eq!(get(addr, "app.test", "/").await.status, 200);
+    let pool = gw.origin("app").expect("app");
+    let in_flight = || pool.stats().iter().map(|c| c.in_flight).sum::<usize>();
+    let metrics = gw.metrics().clone();
+    let closed = || {
+        metric_value(
+            &metrics.render(),
+            "muxgate_downstream_connections_closed_total{reason=\"send_timeout\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    const SIZE: usize = 64 << 20;
+    let mut s = small_window_client(addr).await;
+    s.write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let sent = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || in_flight() == 1).await,
+        "the response never held an upstream stream"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || closed() == 1.0).await,
+        "a client that reads nothing was not closed within 10 s"
+    );
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed {took:?} after the request, with a 1 s send timeout"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || in_flight() == 0).await,
+        "the upstream stream is still held: {:?}",
+        pool.stats()
+    );
+    assert_eq!(
+        origin.stats.get(|s| &s.connections),
+        1,
+        "the shared connection was replaced"
+    );
+    assert_eq!(get(addr, "app.test", "/").await.status, 200);
+    // The client finds a truncated response, then the close.
+    let mut got = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the connection stayed open after the send timeout ({got} bytes)"),
+        }
+    }
+    assert!(got < SIZE, "the whole response arrived ({got} bytes)");
+}
+
+/// A slow reader that pauses for less than `client.send_timeout` between reads gets the whole
+/// response, although it takes several times the timeout: the timeout bounds one blocked write,
+/// not the response (nginx `send_timeout`). The same reader is cut when the timeout is shorter
+/// than its pauses, which shows that they block the gateway's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_not_cut_by_the_send_timeout() {
+    init();
+    const SIZE: usize = 16 << 20;
+    const HEAD_MAX: usize = 1024;
+    let (got, took, cut) = slow_read(SIZE, "1s").await;
+    assert!(
+        got > SIZE && got < SIZE + HEAD_MAX,
+        "{got} bytes for a {SIZE}-byte body"
+    );
+    assert!(
+        took > Duration::from_secs(3),
+        "the read took {took:?}: the pauses did not add up past the timeout"
+    );
+    assert_eq!(cut, 0.0, "a slow reader was closed by a 1 s send timeout");
+    // Pauses of 600 ms against a 300 ms timeout: cut.
+    let (got, _, cut) = slow_read(SIZE, "300ms").await;
+    assert!(
+        got < SIZE,
+        "the whole response arrived past a 300 ms timeout"
+    );
+    assert_eq!(cut, 1.0, "send_timeout closes");
+}
+
+/// Reads a `size`-byte response through a gateway with `send_timeout`, 2 MiB at a time with a
+/// 600 ms pause after each: bytes read (head included), the time it took, and the gateway's
+/// `send_timeout` closes.
+async fn slow_read(size: usize, send_timeout: &str) -> (usize, Duration, f64) {
+    let (pki, _files) = pki();
+    let origin = Origin::h2().start(&pki).await.expect("origin");
+    let client = format!("\n[client]\nsend_timeout = {send_timeout:?}\n");
+    let (gw, _f) = gateway_for(&origin, &pki, &client).await;
+    let mut s = small_window_client(gw.http_addrs[0]).await;
+    s.write_all(
+        format!("GET /bytes/{size} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("request");
+    let start = std::time::Instant::now();
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    'reading: loop {
+        let mut burst = 0;
+        while burst < 2 << 20 {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break 'reading,
+                Ok(Ok(n)) => {
+                    got += n;
+                    burst += n;
+                }
+                Err(_) => panic!("stalled after {got} bytes"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let took = start.elapsed();
+    let cut = metric_value(
+        &gw.metrics().render(),
+        "muxgate_downstream_connections_closed_total{reason=\"send_timeout\"}",
+    )
+    .unwrap_or(0.0);
+    (got, took, cut)
 }

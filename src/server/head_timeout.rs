@@ -11,7 +11,16 @@
 //! clients). Here a request costs a reference count, two counter updates and a clock read;
 //! the connection's one timer is moved only when it fires (once per timeout, or never on a busy connection whose
 //! requests keep coming: it then re-arms from the last idle moment).
+//!
+//! The same timer enforces `client.send_timeout`: [`SendWatch`] wraps the connection's I/O and
+//! notes when a write to the client blocks (the client stopped reading and the socket buffers
+//! are full) and when one goes through again. A response whose writes stay blocked for the
+//! timeout ends the connection, which drops the response body and with it the upstream stream
+//! or connection the response held (nginx `send_timeout`, HAProxy `timeout client`). A write
+//! that goes through costs one atomic load; a clock read happens only when writes start to block.
 
+use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// When the connection was last idle; shared by the connection's requests and its deadline.
@@ -32,6 +42,28 @@ pub struct HeadClock {
     idle_since: AtomicU64,
     /// Requests whose response is not done yet (one, or more while pipelined responses end).
     in_flight: AtomicU32,
+    /// 0 while writes to the client go through; else 1 + nanoseconds after `base` at which
+    /// they started to block ([`SendWatch`]).
+    blocked_since: AtomicU64,
+}
+
+/// Which limit [`HeadClock::expired`] found passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// `client.header_timeout`: idle, or reading a head, for too long.
+    Header,
+    /// `client.send_timeout`: a response's writes to the client blocked for too long.
+    Send,
+}
+
+impl Expiry {
+    /// The `reason` label of `muxgate_downstream_connections_closed_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Expiry::Header => "header_timeout",
+            Expiry::Send => "send_timeout",
+        }
+    }
 }
 
 impl HeadClock {
@@ -41,7 +73,30 @@ impl HeadClock {
             base: Instant::now(),
             idle_since: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            blocked_since: AtomicU64::new(0),
         })
+    }
+
+    fn nanos_since_base(&self) -> u64 {
+        self.base.elapsed().as_nanos().min(u128::from(u64::MAX - 1)) as u64
+    }
+
+    /// A write to the client went through.
+    fn write_moved(&self) {
+        if self.blocked_since.load(Ordering::Relaxed) != 0 {
+            self.blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A write to the client could not go through (`cx` is the connection task's context).
+    fn write_blocked(&self, cx: &Context<'_>) {
+        if self.blocked_since.load(Ordering::Relaxed) == 0 {
+            self.blocked_since
+                .store(self.nanos_since_base() + 1, Ordering::Relaxed);
+            // `expired` must see it and move its timer earlier; it may already have been
+            // polled in this pass of the connection's `select!`.
+            cx.waker().wake_by_ref();
+        }
     }
 
     /// A complete request head arrived: the clock stops until the returned guard (carried by
@@ -51,29 +106,51 @@ impl HeadClock {
         Busy(self.clone())
     }
 
-    /// Resolves once the connection has been idle, or reading a head, for `timeout`.
+    /// Resolves once the connection has been idle, or reading a head, for `header` (then
+    /// [`Expiry::Header`]), or a response's writes to the client have been blocked for `send`
+    /// (then [`Expiry::Send`]).
     ///
     /// Polled with the connection every time its task wakes, it polls its timer only until the
-    /// timer holds the task's waker and once it has fired ([`super::poll_armed`]; polling the
-    /// `Sleep` each time cost ~200 instructions per request, `bench/callgrind.sh`).
-    pub async fn expired(&self, timeout: Duration) {
-        let sleep = tokio::time::sleep_until(self.base + timeout);
+    /// timer holds the task's waker, once it has fired, or when writes start to block (like
+    /// [`super::poll_armed`]; polling the `Sleep` each time cost ~200 instructions per request,
+    /// `bench/callgrind.sh`).
+    pub async fn expired(&self, header: Duration, send: Duration) -> Expiry {
+        let sleep = tokio::time::sleep_until(self.base + header);
         tokio::pin!(sleep);
-        loop {
-            super::poll_armed(sleep.as_mut(), |s| s.is_elapsed()).await;
+        let mut armed = false;
+        let mut seen_blocked = 0;
+        std::future::poll_fn(|cx| loop {
+            let blocked = self.blocked_since.load(Ordering::Relaxed);
+            // The deadline only ever needs to move earlier when writes start to block; every
+            // other change (a response ends, writes go through again) moves it later, which
+            // is done when the timer fires.
+            if armed && !sleep.is_elapsed() && (blocked == 0 || blocked == seen_blocked) {
+                return Poll::Pending;
+            }
+            seen_blocked = blocked;
             let now = Instant::now();
-            let due = if self.in_flight.load(Ordering::Relaxed) > 0 {
-                // A response is in progress: nothing can expire before it ends.
-                now + timeout
+            let (due, why) = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                if blocked != 0 {
+                    let since = Duration::from_nanos(blocked - 1);
+                    (self.base + since + send, Expiry::Send)
+                } else {
+                    // A response is in progress: no head is due before it ends.
+                    (now + header, Expiry::Header)
+                }
             } else {
                 let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
-                self.base + since + timeout
+                (self.base + since + header, Expiry::Header)
             };
             if due <= now {
-                return;
+                return Poll::Ready(why);
             }
             sleep.as_mut().reset(due);
-        }
+            armed = sleep.as_mut().poll(cx).is_pending();
+            if armed {
+                return Poll::Pending;
+            }
+        })
+        .await
     }
 }
 
@@ -85,8 +162,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let c = &self.0;
         if c.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let since = c.base.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-            c.idle_since.store(since, Ordering::Relaxed);
+            c.idle_since.store(c.nanos_since_base(), Ordering::Relaxed);
         }
     }
 }
@@ -128,17 +204,163 @@ where
     }
 }
 
+/// A client connection's I/O, reporting to its [`HeadClock`] whether writes go through.
+pub struct SendWatch<S> {
+    inner: S,
+    clock: Arc<HeadClock>,
+}
+
+impl<S> SendWatch<S> {
+    /// `inner`, whose writes `clock` watches.
+    pub fn new(inner: S, clock: Arc<HeadClock>) -> SendWatch<S> {
+        SendWatch { inner, clock }
+    }
+
+    fn note<T>(&self, p: Poll<T>, cx: &Context<'_>) -> Poll<T> {
+        match p {
+            Poll::Pending => self.clock.write_blocked(cx),
+            Poll::Ready(_) => self.clock.write_moved(),
+        }
+        p
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendWatch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendWatch<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(p, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(p, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let p = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(p, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const T: Duration = Duration::from_secs(30);
+    const SEND: Duration = Duration::from_secs(5);
 
     /// Polls `expired` until it resolves; the virtual time it took.
     async fn time_to_expiry(clock: &Arc<HeadClock>) -> Duration {
         let start = Instant::now();
-        clock.expired(T).await;
+        assert_eq!(clock.expired(T, SEND).await, Expiry::Header);
         start.elapsed()
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// Runs `script` beside `expired` on one task (as the connection's I/O and its deadline
+    /// run): the expiry and the virtual time it came at. `script` must outlast it.
+    async fn expiry_beside(
+        clock: &Arc<HeadClock>,
+        script: impl Future<Output = ()>,
+    ) -> (Expiry, Duration) {
+        let start = Instant::now();
+        tokio::select! {
+            e = clock.expired(T, SEND) => (e, start.elapsed()),
+            () = script => panic!("the script ended before the connection expired"),
+        }
+    }
+
+    /// A write from the task that polls `expired` blocks (`true`) or goes through.
+    async fn write(clock: &Arc<HeadClock>, blocks: bool) {
+        std::future::poll_fn(|cx| {
+            if blocks {
+                clock.write_blocked(cx);
+            } else {
+                clock.write_moved();
+            }
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_blocked_past_the_send_timeout_expires() {
+        let clock = HeadClock::new();
+        let script = async {
+            tokio::time::sleep(secs(2)).await;
+            let _busy = clock.request();
+            write(&clock, false).await;
+            tokio::time::sleep(secs(8)).await;
+            write(&clock, true).await; // at 10 s, the client stops reading
+            tokio::time::sleep(secs(3600)).await;
+        };
+        assert_eq!(
+            expiry_beside(&clock, script).await,
+            (Expiry::Send, secs(15))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_that_go_through_again_restart_the_send_clock() {
+        let clock = HeadClock::new();
+        let script = async {
+            let busy = clock.request();
+            for _ in 0..3 {
+                // Blocked for 4 s of every 10 (a slow reader), for 30 s in all.
+                tokio::time::sleep(secs(6)).await;
+                write(&clock, true).await;
+                tokio::time::sleep(secs(4)).await;
+                write(&clock, false).await;
+            }
+            tokio::time::sleep(secs(10)).await;
+            drop(busy); // at 40 s
+            tokio::time::sleep(secs(3600)).await;
+        };
+        // No send timeout; idle from 40 s.
+        assert_eq!(
+            expiry_beside(&clock, script).await,
+            (Expiry::Header, secs(70))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocked_writes_after_the_response_are_bounded_by_the_header_timeout() {
+        let clock = HeadClock::new();
+        let script = async {
+            drop(clock.request());
+            write(&clock, true).await; // the response's last bytes, never read
+            tokio::time::sleep(secs(3600)).await;
+        };
+        assert_eq!(expiry_beside(&clock, script).await, (Expiry::Header, T));
     }
 
     #[tokio::test(start_paused = true)]
