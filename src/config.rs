@@ -499,6 +499,9 @@ pub struct Origin {
     pub tls_handshake_timeout: HumanDuration,
     /// Time from sending a request to the origin's response header; then 504. Default `"60s"`.
     pub response_header_timeout: HumanDuration,
+    /// How long a response body may go without data while the gateway waits for it; then the
+    /// response is cut (nginx `proxy_read_timeout`). Default `"60s"`.
+    pub read_timeout: HumanDuration,
     /// Close an upstream connection idle this long. Default `"90s"`.
     pub idle_timeout: HumanDuration,
     /// HTTP/2: rotate a connection after this long (±10 % jitter): a replacement is opened
@@ -560,6 +563,7 @@ impl Default for Origin {
             connect_timeout: secs(5),
             tls_handshake_timeout: secs(10),
             response_header_timeout: secs(60),
+            read_timeout: secs(60),
             idle_timeout: secs(90),
             max_connection_age: secs(3600),
             keepalive_interval: secs(30),
@@ -854,6 +858,7 @@ fn validate_origin(k: &str, o: &Origin) -> Result<ValidOrigin, ConfigError> {
         ("connect_timeout", o.connect_timeout),
         ("tls_handshake_timeout", o.tls_handshake_timeout),
         ("response_header_timeout", o.response_header_timeout),
+        ("read_timeout", o.read_timeout),
         ("pending_timeout", o.pending_timeout),
         ("idle_timeout", o.idle_timeout),
         ("keepalive_timeout", o.keepalive_timeout),

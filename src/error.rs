@@ -56,6 +56,9 @@ pub enum Error {
     /// No response header within `response_header_timeout`.
     #[error("origin response timed out")]
     ResponseTimeout,
+    /// A response body had no data for `read_timeout` (the response is cut).
+    #[error("origin response body timed out")]
+    ReadTimeout,
     /// The origin sent something invalid (bad header, protocol violation).
     #[error("origin sent an invalid response: {0}")]
     Protocol(String),
@@ -114,6 +117,7 @@ impl Error {
             Error::ConnectTimeout
             | Error::TlsTimeout
             | Error::ResponseTimeout
+            | Error::ReadTimeout
             | Error::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Error::QueueFull
             | Error::PendingTimeout
@@ -136,7 +140,10 @@ impl Error {
     pub fn kind(&self) -> Option<&'static str> {
         Some(match self {
             Error::Connect(_) => "connect",
-            Error::ConnectTimeout | Error::TlsTimeout | Error::ResponseTimeout => "timeout",
+            Error::ConnectTimeout
+            | Error::TlsTimeout
+            | Error::ResponseTimeout
+            | Error::ReadTimeout => "timeout",
             Error::Tls(_) => "tls",
             Error::Protocol(_) => "protocol",
             Error::Reset(_) => "reset",

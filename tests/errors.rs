@@ -135,6 +135,76 @@ async fn slow_response_header_gets_504_and_the_pool_recovers() {
     .await;
 }
 
+/// Reads what the gateway sends on `c` until it closes (at most 10 s): the bytes, and when the
+/// close came after `t0`.
+async fn until_close(c: &mut tokio::net::TcpStream, t0: Instant) -> (Vec<u8>, Duration) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, t0.elapsed()),
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "the connection stayed open: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+/// `read_timeout`: an origin that stalls mid-body (`/drip/3000` sends its first 2 bytes, then
+/// waits 3 s) gets its response cut 1 s into the wait: the client has the head and the first
+/// bytes, then the close; it is counted in `muxgate_upstream_errors_total{kind="timeout"}`, and
+/// the pool serves the next request (over the same h2 connection, whose stream was reset).
+/// Gaps shorter than the timeout (`/drip/600`: two of them, 1.2 s in all) are not cut.
+#[tokio::test]
+async fn a_body_that_stalls_past_read_timeout_is_cut_and_the_pool_recovers() {
+    bounded(60, async {
+        for up in BOTH {
+            let s = setup(up, "read_timeout = \"1s\"", "").await;
+            let mut c = tokio::net::TcpStream::connect(s.addr)
+                .await
+                .expect("connect");
+            let t0 = Instant::now();
+            c.write_all(head("GET", "/drip/3000", "app.test", "").as_bytes())
+                .await
+                .expect("request");
+            let (got, took) = until_close(&mut c, t0).await;
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 200 "), "{up:?}: {text:?}");
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+            assert_eq!(body, "a\n", "{up:?}: the body before the cut");
+            assert!(
+                took >= Duration::from_millis(900) && took < Duration::from_millis(2800),
+                "{up:?}: cut after {took:?}"
+            );
+            assert!(
+                support::wait_until(Duration::from_secs(2), || upstream_errors(&s.gw, "timeout")
+                    == 1.0)
+                .await,
+                "{up:?}: the read timeout was not counted once"
+            );
+            let conns = s.origin.stats.get(|st| &st.connections);
+            let r = get(s.addr, "/drip/600").await;
+            assert_eq!(r.status, 200, "{up:?}");
+            assert_eq!(
+                r.body, b"a\nb\nc\n",
+                "{up:?}: a slow body within the timeout"
+            );
+            if matches!(up, Up::H2) {
+                assert_eq!(
+                    s.origin.stats.get(|st| &st.connections),
+                    conns,
+                    "the shared h2 connection was replaced"
+                );
+            }
+            assert_eq!(upstream_errors(&s.gw, "timeout"), 1.0, "{up:?}");
+            s.stop().await;
+        }
+    })
+    .await;
+}
+
 /// A cleartext origin that answers every request with `reply` (after reading the head).
 async fn raw_origin(reply: &'static [u8]) -> (u16, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -17,6 +17,7 @@
 pub mod connect;
 pub mod h1;
 pub mod h2;
+pub mod read_timeout;
 pub mod resolve;
 pub mod rst_watch;
 pub mod upgrade;
@@ -47,6 +48,7 @@ use crate::metrics::OriginMetrics;
 use connect::{Connector, Transport};
 use h1::{H1Lease, H1Pool};
 use h2::{Acquired, H2Lease, H2Pool};
+use read_timeout::{ReadLimit, ReadTimer};
 
 /// Boxed error for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -302,12 +304,36 @@ pub enum Guard {
     Dedicated(#[allow(dead_code)] hyper::client::conn::http1::SendRequest<UpBody>),
 }
 
-/// The bytes of a response, from either pool.
-pub enum Inner {
+/// The bytes of a response, from either pool, with the origin's `read_timeout` (none for an
+/// upgraded connection's tunnel, which `upgrade_idle_timeout` bounds).
+pub struct Inner {
+    kind: InnerKind,
+    read: Option<ReadTimer>,
+}
+
+enum InnerKind {
     /// An h2 stream.
     H2(h2::H2Body),
     /// An HTTP/1.1 response body.
     H1(Incoming),
+}
+
+impl Inner {
+    /// An h2 stream's body.
+    pub fn h2(body: h2::H2Body, read: Option<ReadTimer>) -> Inner {
+        Inner {
+            kind: InnerKind::H2(body),
+            read,
+        }
+    }
+
+    /// An HTTP/1.1 response body.
+    pub fn h1(body: Incoming, read: Option<ReadTimer>) -> Inner {
+        Inner {
+            kind: InnerKind::H1(body),
+            read,
+        }
+    }
 }
 
 impl Body for Inner {
@@ -318,23 +344,34 @@ impl Body for Inner {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Inner::H2(b) => Pin::new(b).poll_frame(cx),
-            Inner::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        let this = self.get_mut();
+        let p = match &mut this.kind {
+            InnerKind::H2(b) => Pin::new(b).poll_frame(cx),
+            InnerKind::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        };
+        if let Some(t) = &mut this.read {
+            if p.is_pending() {
+                if t.waiting(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Error::ReadTimeout.into())));
+                }
+            } else {
+                t.moved();
+            }
         }
+        p
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Inner::H2(b) => b.is_end_stream(),
-            Inner::H1(b) => b.is_end_stream(),
+        match &self.kind {
+            InnerKind::H2(b) => b.is_end_stream(),
+            InnerKind::H1(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Inner::H2(b) => b.size_hint(),
-            Inner::H1(b) => b.size_hint(),
+        match &self.kind {
+            InnerKind::H2(b) => b.size_hint(),
+            InnerKind::H1(b) => b.size_hint(),
         }
     }
 }
@@ -391,6 +428,8 @@ pub struct OriginPool {
     use_h1: Arc<AtomicBool>,
     metrics: OriginMetrics,
     response_header_timeout: Duration,
+    /// `read_timeout`, shared by the responses' bodies.
+    read_limit: Arc<ReadLimit>,
     retry_idempotent: bool,
     next_id: Arc<AtomicU64>,
     /// Upgraded connections open now (see [`upgrade`]).
@@ -446,6 +485,7 @@ impl OriginPool {
             h1,
             _refresh: refresh,
             use_h1,
+            read_limit: ReadLimit::new(o.raw.read_timeout.0, &o.raw.name, metrics.clone()),
             metrics,
             response_header_timeout: o.raw.response_header_timeout.0,
             retry_idempotent: o.raw.retry_idempotent,
@@ -628,7 +668,10 @@ impl OriginPool {
                 Ok(Upstream {
                     response: Response::from_parts(
                         parts,
-                        Observed::new(Inner::H2(body), Release(Some(Guard::H2(lease, pump)))),
+                        Observed::new(
+                            Inner::h2(body, Some(ReadTimer::new(self.read_limit.clone()))),
+                            Release(Some(Guard::H2(lease, pump))),
+                        ),
                     ),
                     conn_id,
                     protocol: "h2",
@@ -655,8 +698,12 @@ impl OriginPool {
         match tokio::time::timeout(self.response_header_timeout, fut).await {
             Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
             Ok(Ok(resp)) => Ok(Upstream {
-                response: resp
-                    .map(|b| Observed::new(Inner::H1(b), Release(Some(Guard::H1(lease))))),
+                response: resp.map(|b| {
+                    Observed::new(
+                        Inner::h1(b, Some(ReadTimer::new(self.read_limit.clone()))),
+                        Release(Some(Guard::H1(lease))),
+                    )
+                }),
                 conn_id,
                 protocol: "http/1.1",
             }),

@@ -263,7 +263,7 @@ impl OriginPool {
         Ok(UpgradeOutcome::Refused(Upstream {
             response: Response::from_parts(
                 parts,
-                Observed::new(Inner::H2(body), Release(Some(Guard::H2(lease, None)))),
+                Observed::new(Inner::h2(body, None), Release(Some(Guard::H2(lease, None)))),
             ),
             conn_id,
             protocol: "h2",
@@ -304,8 +304,9 @@ impl OriginPool {
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(UpgradeOutcome::Refused(Upstream {
-                response: resp
-                    .map(|b| Observed::new(Inner::H1(b), Release(Some(Guard::Dedicated(sender))))),
+                response: resp.map(|b| {
+                    Observed::new(Inner::h1(b, None), Release(Some(Guard::Dedicated(sender))))
+                }),
                 conn_id,
                 protocol: "http/1.1",
             }));
