@@ -85,14 +85,23 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Secs(u64),
             Text(String),
         }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+        let d = match Raw::deserialize(d)? {
+            Raw::Secs(s) => Duration::from_secs(s),
             Raw::Text(t) => humantime::parse_duration(t.trim())
-                .map(HumanDuration)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}")))?,
+        };
+        // A deadline is now + the duration: far larger values would overflow the clock.
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(
+                "invalid duration: more than 100 years",
+            ));
         }
+        Ok(HumanDuration(d))
     }
 }
+
+/// The largest duration a key accepts.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A size in bytes written as an integer or a string with a unit (`"256MiB"`, `"64KiB"`, `"1GB"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1035,6 +1044,17 @@ url = "https://127.0.0.1:8443"
         .unwrap_err();
         assert_eq!(e.key, "origins.0.connect_timeout", "{e}");
         assert!(!e.to_string().contains('\n'));
+        // Durations that would overflow a deadline are refused, as text or as seconds.
+        for v in ["\"1000000000y\"", "9223372036854775807"] {
+            let e = Config::from_toml(&format!(
+                "[[origins]]\nname=\"a\"\nhosts=[\"*\"]\nurl=\"http://x\"\nread_timeout={v}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.key, "origins.0.read_timeout", "{e}");
+            assert!(e.to_string().contains("more than 100 years"), "{e}");
+        }
+        let e = Config::from_toml("[client]\nsend_timeout = \"200y\"\n").unwrap_err();
+        assert_eq!(e.key, "client.send_timeout", "{e}");
     }
 
     #[test]

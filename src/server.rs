@@ -446,7 +446,10 @@ pub(crate) async fn poll_armed<F: Future>(
         if armed && !moved(&fut) {
             return std::task::Poll::Pending;
         }
-        let p = fut.as_mut().poll(cx);
+        // Outside tokio's cooperative budget: a `Sleep` (or `watch` change) polled with the
+        // budget spent returns `Pending` without registering the waker, and would then never
+        // be polled again.
+        let p = std::pin::pin!(tokio::task::unconstrained(fut.as_mut())).poll(cx);
         armed = p.is_pending();
         p
     })

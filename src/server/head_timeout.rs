@@ -85,6 +85,12 @@ impl HeadClock {
     fn write_moved(&self) {
         if self.blocked_since.load(Ordering::Relaxed) != 0 {
             self.blocked_since.store(0, Ordering::Relaxed);
+            if self.in_flight.load(Ordering::Relaxed) == 0 {
+                // The end of the last response was still being written (hyper is done with a
+                // response once it has buffered its end): the connection is idle from now.
+                self.idle_since
+                    .store(self.nanos_since_base(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -107,8 +113,9 @@ impl HeadClock {
     }
 
     /// Resolves once the connection has been idle, or reading a head, for `header` (then
-    /// [`Expiry::Header`]), or a response's writes to the client have been blocked for `send`
-    /// (then [`Expiry::Send`]).
+    /// [`Expiry::Header`]), or writes to the client have been blocked for `send` (then
+    /// [`Expiry::Send`]; that includes the end of a response hyper has buffered but could not
+    /// write).
     ///
     /// Polled with the connection every time its task wakes, it polls its timer only until the
     /// timer holds the task's waker, once it has fired, or when writes start to block (like
@@ -129,14 +136,12 @@ impl HeadClock {
             }
             seen_blocked = blocked;
             let now = Instant::now();
-            let (due, why) = if self.in_flight.load(Ordering::Relaxed) > 0 {
-                if blocked != 0 {
-                    let since = Duration::from_nanos(blocked - 1);
-                    (self.base + since + send, Expiry::Send)
-                } else {
-                    // A response is in progress: no head is due before it ends.
-                    (now + header, Expiry::Header)
-                }
+            let (due, why) = if blocked != 0 {
+                let since = Duration::from_nanos(blocked - 1);
+                (self.base + since + send, Expiry::Send)
+            } else if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // A response is in progress: no head is due before it ends.
+                (now + header, Expiry::Header)
             } else {
                 let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
                 (self.base + since + header, Expiry::Header)
@@ -145,7 +150,12 @@ impl HeadClock {
                 return Poll::Ready(why);
             }
             sleep.as_mut().reset(due);
-            armed = sleep.as_mut().poll(cx).is_pending();
+            // Outside tokio's cooperative budget: a `Sleep` polled with the budget spent
+            // returns `Pending` without registering the waker, and the fast path above would
+            // then never poll it again.
+            armed = std::pin::pin!(tokio::task::unconstrained(sleep.as_mut()))
+                .poll(cx)
+                .is_pending();
             if armed {
                 return Poll::Pending;
             }
@@ -353,14 +363,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn blocked_writes_after_the_response_are_bounded_by_the_header_timeout() {
+    async fn the_end_of_a_response_blocked_past_the_send_timeout_expires() {
         let clock = HeadClock::new();
         let script = async {
             drop(clock.request());
             write(&clock, true).await; // the response's last bytes, never read
             tokio::time::sleep(secs(3600)).await;
         };
-        assert_eq!(expiry_beside(&clock, script).await, (Expiry::Header, T));
+        assert_eq!(expiry_beside(&clock, script).await, (Expiry::Send, SEND));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_clock_starts_when_the_end_of_a_response_is_written() {
+        let clock = HeadClock::new();
+        let script = async {
+            drop(clock.request());
+            for _ in 0..3 {
+                // The end of the response trickles out: blocked 4 s of every 5, for 15 s.
+                write(&clock, true).await;
+                tokio::time::sleep(secs(4)).await;
+                write(&clock, false).await;
+                tokio::time::sleep(secs(1)).await;
+            }
+            tokio::time::sleep(secs(3600)).await;
+        };
+        // Idle from the last write that went through, at 14 s.
+        assert_eq!(
+            expiry_beside(&clock, script).await,
+            (Expiry::Header, secs(14) + T)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_read_while_writes_are_blocked_keeps_the_send_deadline() {
+        let clock = HeadClock::new();
+        let script = async {
+            drop(clock.request());
+            write(&clock, true).await; // at 0 s
+            tokio::time::sleep(secs(2)).await;
+            let _busy = clock.request(); // a pipelined request at 2 s
+            tokio::time::sleep(secs(3600)).await;
+        };
+        assert_eq!(expiry_beside(&clock, script).await, (Expiry::Send, SEND));
     }
 
     #[tokio::test(start_paused = true)]

@@ -345,6 +345,9 @@ impl Body for Inner {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if this.read.as_ref().is_some_and(ReadTimer::fired) {
+            return Poll::Ready(Some(Err(Error::ReadTimeout.into())));
+        }
         let p = match &mut this.kind {
             InnerKind::H2(b) => Pin::new(b).poll_frame(cx),
             InnerKind::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),

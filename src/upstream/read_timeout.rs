@@ -68,6 +68,11 @@ impl ReadTimer {
         }
     }
 
+    /// The timeout has fired: the body is failed and must not be polled again.
+    pub fn fired(&self) -> bool {
+        self.fired
+    }
+
     /// The body had a frame (or ended): the clock stops.
     pub fn moved(&mut self) {
         self.waiting = false;
