@@ -8,12 +8,9 @@
 //! before the clock is looked at. A body that always has data costs one flag; the timer is
 //! allocated when the body first waits and reset each time it starts waiting again.
 //!
-//! The first time a body has nothing, the task is woken again at once instead: an HTTP/1.1
-//! origin's body always has nothing at first (hyper's connection task reads it only once the
-//! body is polled, and hands it over on its next turn), so the yield lets that turn run first.
-//! Only a body still empty on the next poll starts the clock. Arming a timer for every such
-//! body cost ~1,300 instructions per request (`bench/callgrind.sh` with `--h1-only`), about
-//! a third of it the timer and the rest allocator work for the timer's own allocation.
+//! On the benchmark paths (`bench/callgrind.sh`, 1 KiB over either pool) the first poll of a
+//! body already has its data, so no timer is ever armed: the clock costs ~100 instructions per
+//! request (a reference count and the flag checks).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,8 +47,6 @@ pub struct ReadTimer {
     sleep: Option<Pin<Box<Sleep>>>,
     /// The body's last poll found nothing: the clock is running.
     waiting: bool,
-    /// The body has had nothing once already (the first time costs a yield, not the clock).
-    yielded: bool,
     /// The timeout fired (reported once).
     fired: bool,
 }
@@ -63,7 +58,6 @@ impl ReadTimer {
             limit,
             sleep: None,
             waiting: false,
-            yielded: false,
             fired: false,
         }
     }
@@ -85,11 +79,6 @@ impl ReadTimer {
             return Poll::Ready(());
         }
         if !self.waiting {
-            if !self.yielded {
-                self.yielded = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
             self.waiting = true;
             let due = Instant::now() + self.limit.timeout;
             match &mut self.sleep {
@@ -125,33 +114,9 @@ mod tests {
 
     /// Polls `timer.waiting` until it is ready; the virtual time it took.
     async fn until_fired(timer: &mut ReadTimer) -> Duration {
-        if !timer.yielded {
-            yield_once(timer);
-        }
         let start = Instant::now();
         std::future::poll_fn(|cx| timer.waiting(cx)).await;
         start.elapsed()
-    }
-
-    /// The first wait yields (the task is woken at once), without starting the clock.
-    fn yield_once(timer: &mut ReadTimer) {
-        let flag = Arc::new(Flag::default());
-        let waker = std::task::Waker::from(flag.clone());
-        assert!(timer.waiting(&mut Context::from_waker(&waker)).is_pending());
-        assert!(
-            flag.0.load(std::sync::atomic::Ordering::SeqCst),
-            "the first wait did not wake the task"
-        );
-        assert!(timer.sleep.is_none(), "the first wait started the clock");
-    }
-
-    #[derive(Default)]
-    struct Flag(std::sync::atomic::AtomicBool);
-
-    impl std::task::Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -165,7 +130,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn data_restarts_the_clock() {
         let mut t = ReadTimer::new(limit(Duration::from_secs(60)));
-        yield_once(&mut t);
         for _ in 0..3 {
             // Waits 50 s, then a frame.
             let pending = std::future::poll_fn(|cx| Poll::Ready(t.waiting(cx).is_pending()));
