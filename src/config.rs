@@ -376,6 +376,11 @@ pub struct ClientLimits {
     /// read) before the connection is closed, which releases the upstream stream the response
     /// holds. Timed between two writes, not over the whole response. Default `"60s"`.
     pub send_timeout: HumanDuration,
+    /// HTTP/1.1 clients: a keep-alive connection idle this long gives its HTTP state back (the
+    /// parser's read and write buffers, ~8 KiB of memory) and waits on the bare socket; its next
+    /// request builds the state again (one extra read, a few allocations). `"0s"` = never.
+    /// Default `"1s"`.
+    pub idle_release_after: HumanDuration,
     /// Largest request header block (request line + fields). Default `"64KiB"` → 431 past it.
     pub max_header_size: ByteSize,
     /// Most request header fields. Default 100 → 431 past it.
@@ -433,6 +438,7 @@ impl Default for ClientLimits {
             header_timeout: secs(30),
             tls_handshake_timeout: secs(10),
             send_timeout: secs(60),
+            idle_release_after: secs(1),
             max_header_size: ByteSize(64 * 1024),
             max_headers: 100,
             max_body_size: ByteSize(0),

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// `muxgate_shard_relay_runs_total{shard}` (extension): relay runs that woke at least one
     /// task; relayed wakes over runs is the mean batch.
     pub shard_relay_runs: Family<Labels, Counter>,
+    /// `muxgate_downstream_connections_released` (extension: idle HTTP/1.1 keep-alive client
+    /// connections holding no HTTP state, `client.idle_release_after`)
+    pub downstream_connections_released: Gauge,
     /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
     pub downstream_refused_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/1.1 client
@@ -150,6 +153,7 @@ impl Metrics {
         let m = Metrics {
             downstream_connections_total: Family::default(),
             downstream_connections_open: Gauge::default(),
+            downstream_connections_released: Gauge::default(),
             shard_connections_open: Family::default(),
             shard_relayed_wakes: Family::default(),
             shard_relay_runs: Family::default(),
@@ -183,6 +187,11 @@ impl Metrics {
             "downstream_connections_open",
             "Client connections open",
             m.downstream_connections_open.clone(),
+        );
+        registry.register(
+            "downstream_connections_released",
+            "Idle HTTP/1.1 keep-alive client connections that gave their HTTP state back (client.idle_release_after)",
+            m.downstream_connections_released.clone(),
         );
         registry.register(
             "shard_connections_open",

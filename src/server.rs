@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -247,9 +248,10 @@ where
         // Boxed: hyper keeps one allocation the size of this future for the connection's whole
         // life, idle or not; unboxed, the proxy's request future made every idle keep-alive
         // connection several KiB larger (bench/idle_conns.sh).
-        let fut = Box::pin(proxy.handle(req, client.clone()));
         // The head is complete: the header timeout waits until this response is done.
         let busy = clock.request();
+        clock.set_releasable(hyper::body::Body::is_end_stream(req.body()));
+        let fut = Box::pin(proxy.handle(req, client.clone()));
         async move {
             let resp = fut.await;
             Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, busy)))
@@ -271,24 +273,83 @@ where
     }
     // `with_upgrades`: after a 101 the connection's I/O goes to the upgrade tunnel
     // (`proxy::upgrade`), which then lives on its own task.
-    let mut conn = Box::pin(
+    let mut shutdown = ctx.shutdown.clone();
+    let (header, send) = (limits.header_timeout.0, limits.send_timeout.0);
+    let released = &ctx.metrics.downstream_connections_released;
+    let conn = Box::pin(
         builder
             .serve_connection(TokioIo::new(SendWatch::new(io, head_clock.clone())), svc)
             .with_upgrades(),
     );
-    let mut shutdown = ctx.shutdown.clone();
-    let expired = head_clock.expired(limits.header_timeout.0, limits.send_timeout.0);
-    tokio::pin!(expired);
-    let timed_out = tokio::select! {
-        r = conn.as_mut() => { log_conn_end(r); None }
-        e = expired.as_mut() => Some(e),
-        () = stopping(&mut shutdown) => {
-            // Finish the request in flight, then close (Connection: close on the response).
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = conn.as_mut() => { log_conn_end(r); None }
-                e = expired => Some(e),
+    // The block's end drops the connection (or its parts), so the service and its `ConnHold`;
+    // what remains is held by an upgrade tunnel, if any: the connection stays counted until
+    // the tunnel ends (shutdown closes tunnels).
+    let timed_out = {
+        let mut conn = conn;
+        loop {
+            let expired = head_clock.expired(header, send, limits.idle_release_after.0);
+            tokio::pin!(expired);
+            let due = tokio::select! {
+                r = conn.as_mut() => { log_conn_end(r); break None }
+                e = expired.as_mut() => e,
+                () = stopping(&mut shutdown) => {
+                    // Finish the request in flight, then close (Connection: close on the response).
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        r = conn.as_mut() => { log_conn_end(r); break None }
+                        // Idle: nothing is lost by closing now.
+                        e = expired => break (e != Expiry::Release).then_some(e),
+                    }
+                }
+            };
+            if due != Expiry::Release {
+                break Some(due);
             }
+            // `client.idle_release_after`: hyper's state (its buffers) goes; the socket and the
+            // service stay. Idle with its last request bodiless and its writes through, hyper has
+            // nothing to send and nothing half-read except what `read_buf` returns.
+            head_clock.set_releasable(false);
+            let Some(http1::Parts {
+                io,
+                read_buf,
+                service,
+                ..
+            }) = Pin::into_inner(conn).into_parts()
+            else {
+                break None;
+            };
+            let mut io = io.into_inner();
+            if read_buf.is_empty() {
+                // Empty, it still holds hyper's whole read buffer.
+                drop(read_buf);
+                released.inc();
+                let expired = head_clock.expired(header, send, Duration::ZERO);
+                let woke = tokio::select! {
+                    r = io.fill() => match r {
+                        Ok(0) => Err(None),
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "idle client connection failed");
+                            Err(None)
+                        }
+                    },
+                    e = expired => Err(Some(e)),
+                    () = stopping(&mut shutdown) => Err(None),
+                };
+                released.dec();
+                if let Err(closed) = woke {
+                    break closed;
+                }
+            } else {
+                // Part of a pipelined head: the next parser reads it again.
+                // Copied: the slice would keep hyper's whole read buffer alive.
+                io.replay(Bytes::copy_from_slice(&read_buf));
+            }
+            conn = Box::pin(
+                builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades(),
+            );
         }
     };
     if let Some(e) = timed_out {
@@ -300,12 +361,10 @@ where
             Expiry::Send => tracing::debug!(
                 "client connection closed: send timeout (the client stopped reading the response)"
             ),
+            Expiry::Release => {}
         }
         closed(ctx, e.reason());
     }
-    // Drops the service and its `ConnHold`; what remains is held by an upgrade tunnel, if
-    // any: the connection stays counted until the tunnel ends (shutdown closes tunnels).
-    drop(conn);
     let _ = hold_rx.await;
 }
 

@@ -18,16 +18,22 @@
 //! timeout ends the connection, which drops the response body and with it the upstream stream
 //! or connection the response held (nginx `send_timeout`, HAProxy `timeout client`). A write
 //! that goes through costs one atomic load; a clock read happens only when writes start to block.
+//!
+//! It also says when an idle keep-alive connection may give its HTTP state back
+//! (`client.idle_release_after`, [`Expiry::Release`]): idle that long, its last request had no
+//! body (so hyper is not draining one) and its writes went through (so hyper holds no unsent
+//! bytes). [`SendWatch::fill`] then waits on the bare socket and [`SendWatch`] replays what it
+//! read to the connection's next parser.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -45,6 +51,12 @@ pub struct HeadClock {
     /// 0 while writes to the client go through; else 1 + nanoseconds after `base` at which
     /// they started to block ([`SendWatch`]).
     blocked_since: AtomicU64,
+    /// The last request came without a body: once its response is written, hyper's state
+    /// holds nothing a fresh parser would not rebuild ([`Expiry::Release`]).
+    releasable: AtomicBool,
+    /// `releasable` turned true: [`HeadClock::expired`] looks at its deadline again (it may
+    /// still be an idle connection's header deadline) the next time the task polls it.
+    recheck: AtomicBool,
 }
 
 /// Which limit [`HeadClock::expired`] found passed.
@@ -54,6 +66,9 @@ pub enum Expiry {
     Header,
     /// `client.send_timeout`: a response's writes to the client blocked for too long.
     Send,
+    /// Not a close: idle for `client.idle_release_after`, the connection may give its HTTP
+    /// state back.
+    Release,
 }
 
 impl Expiry {
@@ -62,6 +77,7 @@ impl Expiry {
         match self {
             Expiry::Header => "header_timeout",
             Expiry::Send => "send_timeout",
+            Expiry::Release => "idle_release",
         }
     }
 }
@@ -74,6 +90,8 @@ impl HeadClock {
             idle_since: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             blocked_since: AtomicU64::new(0),
+            releasable: AtomicBool::new(false),
+            recheck: AtomicBool::new(false),
         })
     }
 
@@ -112,39 +130,94 @@ impl HeadClock {
         Busy(self.clone())
     }
 
+    /// Whether the request just read (its head complete) came without a body: with one, hyper
+    /// may still be reading or draining it after the response, and the connection is not
+    /// released when it falls idle.
+    pub fn set_releasable(&self, bodiless: bool) {
+        // A plain load first: on a connection of GETs the flag does not change.
+        if self.releasable.load(Ordering::Relaxed) != bodiless {
+            self.releasable.store(bodiless, Ordering::Relaxed);
+            // Called from the service, on the connection's task: the task is polled again
+            // (at the latest when the response arrives), so no wake is needed.
+            self.recheck.store(bodiless, Ordering::Relaxed);
+        }
+    }
+
     /// Resolves once the connection has been idle, or reading a head, for `header` (then
     /// [`Expiry::Header`]), or writes to the client have been blocked for `send` (then
     /// [`Expiry::Send`]; that includes the end of a response hyper has buffered but could not
-    /// write).
+    /// write), or, when `release` is not zero, it has been idle for `release` after a request
+    /// without a body (then [`Expiry::Release`]; the caller calls
+    /// [`set_releasable`](Self::set_releasable)`(false)` before it waits again).
     ///
     /// Polled with the connection every time its task wakes, it polls its timer only until the
     /// timer holds the task's waker, once it has fired, or when writes start to block (like
     /// [`super::poll_armed`]; polling the `Sleep` each time cost ~200 instructions per request,
     /// `bench/callgrind.sh`).
-    pub async fn expired(&self, header: Duration, send: Duration) -> Expiry {
+    pub async fn expired(&self, header: Duration, send: Duration, release: Duration) -> Expiry {
+        let release_check = if release.is_zero() {
+            header
+        } else {
+            release.min(header)
+        };
         let sleep = tokio::time::sleep_until(self.base + header);
         tokio::pin!(sleep);
         let mut armed = false;
         let mut seen_blocked = 0;
-        std::future::poll_fn(|cx| loop {
+        let limits = Limits {
+            header,
+            send,
+            release: release_check,
+        };
+        std::future::poll_fn(|cx| {
             let blocked = self.blocked_since.load(Ordering::Relaxed);
             // The deadline only ever needs to move earlier when writes start to block; every
             // other change (a response ends, writes go through again) moves it later, which
             // is done when the timer fires.
-            if armed && !sleep.is_elapsed() && (blocked == 0 || blocked == seen_blocked) {
+            if armed
+                && !sleep.is_elapsed()
+                && (blocked == 0 || blocked == seen_blocked)
+                && !self.recheck.load(Ordering::Relaxed)
+            {
                 return Poll::Pending;
             }
             seen_blocked = blocked;
+            self.rearm(cx, sleep.as_mut(), &mut armed, blocked, &limits)
+        })
+        .await
+    }
+
+    /// [`HeadClock::expired`] past its fast path: what is due next, and its timer set for it.
+    /// Out of line, so the fast path stays small enough to inline into the connection's loop.
+    #[cold]
+    #[inline(never)]
+    fn rearm(
+        &self,
+        cx: &mut Context<'_>,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+        armed: &mut bool,
+        blocked: u64,
+        l: &Limits,
+    ) -> Poll<Expiry> {
+        self.recheck.store(false, Ordering::Relaxed);
+        loop {
             let now = Instant::now();
             let (due, why) = if blocked != 0 {
                 let since = Duration::from_nanos(blocked - 1);
-                (self.base + since + send, Expiry::Send)
+                (self.base + since + l.send, Expiry::Send)
             } else if self.in_flight.load(Ordering::Relaxed) > 0 {
-                // A response is in progress: no head is due before it ends.
-                (now + header, Expiry::Header)
+                // A response is in progress: no head is due before it ends. With releases on,
+                // look again after `release` (once a second on a busy connection), so one
+                // that falls idle is released about on time.
+                (now + l.release, Expiry::Header)
             } else {
-                let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
-                (self.base + since + header, Expiry::Header)
+                let idle =
+                    self.base + Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+                if l.release < l.header && self.releasable.load(Ordering::Relaxed) {
+                    (idle + l.release, Expiry::Release)
+                } else {
+                    (idle + l.header, Expiry::Header)
+                }
             };
             if due <= now {
                 return Poll::Ready(why);
@@ -153,15 +226,22 @@ impl HeadClock {
             // Outside tokio's cooperative budget: a `Sleep` polled with the budget spent
             // returns `Pending` without registering the waker, and the fast path above would
             // then never poll it again.
-            armed = std::pin::pin!(tokio::task::unconstrained(sleep.as_mut()))
+            *armed = std::pin::pin!(tokio::task::unconstrained(sleep.as_mut()))
                 .poll(cx)
                 .is_pending();
-            if armed {
+            if *armed {
                 return Poll::Pending;
             }
-        })
-        .await
+        }
     }
+}
+
+/// The limits [`HeadClock::expired`] enforces (`release`: when to look at an idle connection
+/// for release, `header` when releases are off).
+struct Limits {
+    header: Duration,
+    send: Duration,
+    release: Duration,
 }
 
 /// Held while a request's response is not done; its drop restarts the clock.
@@ -214,16 +294,67 @@ where
     }
 }
 
-/// A client connection's I/O, reporting to its [`HeadClock`] whether writes go through.
+/// A client connection's I/O, reporting to its [`HeadClock`] whether writes go through; reads
+/// return what [`SendWatch::fill`] or [`SendWatch::replay`] set aside first.
 pub struct SendWatch<S> {
     inner: S,
     clock: Arc<HeadClock>,
+    replay: Bytes,
 }
+
+/// Most bytes [`SendWatch::fill`] reads at once: a typical request head, read again by the
+/// parser from memory.
+const FILL_MAX: usize = 4096;
 
 impl<S> SendWatch<S> {
     /// `inner`, whose writes `clock` watches.
     pub fn new(inner: S, clock: Arc<HeadClock>) -> SendWatch<S> {
-        SendWatch { inner, clock }
+        SendWatch {
+            inner,
+            clock,
+            replay: Bytes::new(),
+        }
+    }
+
+    /// Reads will return `data` first (before anything set aside earlier and not read yet).
+    pub fn replay(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.replay = if self.replay.is_empty() {
+            data
+        } else {
+            let mut b = BytesMut::with_capacity(data.len() + self.replay.len());
+            b.extend_from_slice(&data);
+            b.extend_from_slice(&self.replay);
+            b.freeze()
+        };
+    }
+
+    /// Waits until the client sends something, without a buffer of its own in the meantime,
+    /// and sets it aside for the next read (up to [`FILL_MAX`] bytes). `Ok(0)`: the client
+    /// closed its side.
+    pub async fn fill(&mut self) -> io::Result<usize>
+    where
+        S: AsyncRead + Unpin,
+    {
+        std::future::poll_fn(|cx| {
+            let mut tmp = [0u8; FILL_MAX];
+            let mut rb = ReadBuf::new(&mut tmp);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    let got = Bytes::copy_from_slice(rb.filled());
+                    let rest = std::mem::take(&mut self.replay);
+                    self.replay = got;
+                    self.replay(rest);
+                    Poll::Ready(Ok(n))
+                }
+            }
+        })
+        .await
     }
 
     fn note<T>(&self, p: Poll<T>, cx: &Context<'_>) -> Poll<T> {
@@ -241,6 +372,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for SendWatch<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = buf.remaining().min(self.replay.len());
+            buf.put_slice(&self.replay[..n]);
+            if n == self.replay.len() {
+                // Not `advance`: an empty slice still holds its allocation.
+                self.replay = Bytes::new();
+            } else {
+                self.replay.advance(n);
+            }
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -288,7 +430,7 @@ mod tests {
     /// Polls `expired` until it resolves; the virtual time it took.
     async fn time_to_expiry(clock: &Arc<HeadClock>) -> Duration {
         let start = Instant::now();
-        assert_eq!(clock.expired(T, SEND).await, Expiry::Header);
+        assert_eq!(clock.expired(T, SEND, Duration::ZERO).await, Expiry::Header);
         start.elapsed()
     }
 
@@ -304,7 +446,7 @@ mod tests {
     ) -> (Expiry, Duration) {
         let start = Instant::now();
         tokio::select! {
-            e = clock.expired(T, SEND) => (e, start.elapsed()),
+            e = clock.expired(T, SEND, Duration::ZERO) => (e, start.elapsed()),
             () = script => panic!("the script ended before the connection expired"),
         }
     }
@@ -405,6 +547,75 @@ mod tests {
             tokio::time::sleep(secs(3600)).await;
         };
         assert_eq!(expiry_beside(&clock, script).await, (Expiry::Send, SEND));
+    }
+
+    const RELEASE: Duration = Duration::from_secs(1);
+
+    /// Like [`expiry_beside`], with releases after [`RELEASE`].
+    async fn release_beside(
+        clock: &Arc<HeadClock>,
+        script: impl Future<Output = ()>,
+    ) -> (Expiry, Duration) {
+        let start = Instant::now();
+        tokio::select! {
+            e = clock.expired(T, SEND, RELEASE) => (e, start.elapsed()),
+            () = script => panic!("the script ended before the connection expired"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_after_a_bodiless_request_is_released() {
+        let clock = HeadClock::new();
+        let script = async {
+            tokio::time::sleep(secs(2)).await;
+            let busy = clock.request();
+            clock.set_releasable(true);
+            // Busy for 10 s (the deadline is looked at again every second meanwhile).
+            tokio::time::sleep(secs(10)).await;
+            drop(busy); // idle from 12 s
+            tokio::time::sleep(secs(3600)).await;
+        };
+        assert_eq!(
+            release_beside(&clock, script).await,
+            (Expiry::Release, secs(12) + RELEASE)
+        );
+        // Released once: the connection waits on for its header timeout.
+        clock.set_releasable(false);
+        assert_eq!(
+            clock.expired(T, SEND, RELEASE).await,
+            Expiry::Header,
+            "not released twice"
+        );
+        assert_eq!(tokio::time::Instant::now() - clock.base, secs(12) + T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_with_a_body_or_a_blocked_write_is_not_released() {
+        let clock = HeadClock::new();
+        let script = async {
+            let busy = clock.request();
+            clock.set_releasable(false); // a body: hyper may still drain it
+            drop(busy);
+            tokio::time::sleep(secs(3600)).await;
+        };
+        assert_eq!(release_beside(&clock, script).await, (Expiry::Header, T));
+
+        let clock = HeadClock::new();
+        let script = async {
+            drop(clock.request());
+            clock.set_releasable(true);
+            write(&clock, true).await; // the response's end is not written yet
+            tokio::time::sleep(secs(3600)).await;
+        };
+        assert_eq!(release_beside(&clock, script).await, (Expiry::Send, SEND));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_period_past_the_header_timeout_never_releases() {
+        let clock = HeadClock::new();
+        drop(clock.request());
+        clock.set_releasable(true);
+        assert_eq!(clock.expired(T, SEND, T * 2).await, Expiry::Header);
     }
 
     #[tokio::test(start_paused = true)]
