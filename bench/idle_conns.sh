@@ -48,7 +48,7 @@ measure() {  # name pid port [n]
     local cpid=$!
     for _ in $(seq 600); do grep -q held "$dir/$name.client" 2>/dev/null && break; sleep 0.2; done
     grep -q "held $n" "$dir/$name.client" || { echo "$name: client failed: $(tail -3 "$dir/$name.client")"; kill $cpid; return; }
-    sleep 2
+    sleep 5  # past client.idle_release_after (1 s) and its timer's next look (≤ 1 s more)
     after=$(rss_kib "$pid")
     kill $cpid 2>/dev/null || true; wait $cpid 2>/dev/null || true
     printf '| %s | %d | %.1f | %.1f | %.2f |\n' "$name" "$n" "$(echo "$before/1024" | bc -l)" \

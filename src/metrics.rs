@@ -42,6 +42,9 @@ pub struct Metrics {
     /// `muxgate_downstream_connections_released` (extension: idle HTTP/1.1 keep-alive client
     /// connections holding no HTTP state, `client.idle_release_after`)
     pub downstream_connections_released: Gauge,
+    /// `muxgate_downstream_connection_releases_total` (extension: how often an idle HTTP/1.1
+    /// client connection gave its HTTP state back; each costs a new parser on its next request)
+    pub downstream_releases_total: Counter,
     /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
     pub downstream_refused_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/1.1 client
@@ -154,6 +157,7 @@ impl Metrics {
             downstream_connections_total: Family::default(),
             downstream_connections_open: Gauge::default(),
             downstream_connections_released: Gauge::default(),
+            downstream_releases_total: Counter::default(),
             shard_connections_open: Family::default(),
             shard_relayed_wakes: Family::default(),
             shard_relay_runs: Family::default(),
@@ -192,6 +196,11 @@ impl Metrics {
             "downstream_connections_released",
             "Idle HTTP/1.1 keep-alive client connections that gave their HTTP state back (client.idle_release_after)",
             m.downstream_connections_released.clone(),
+        );
+        registry.register(
+            "downstream_connection_releases",
+            "Times an idle HTTP/1.1 keep-alive client connection gave its HTTP state back",
+            m.downstream_releases_total.clone(),
         );
         registry.register(
             "shard_connections_open",

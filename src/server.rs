@@ -289,7 +289,10 @@ where
         loop {
             let expired = head_clock.expired(header, send, limits.idle_release_after.0);
             tokio::pin!(expired);
+            // `biased`: `expired` is polled after the connection in every pass, so it sees what
+            // the connection's progress changed (`HeadClock::set_releasable`, a blocked write).
             let due = tokio::select! {
+                biased;
                 r = conn.as_mut() => { log_conn_end(r); break None }
                 e = expired.as_mut() => e,
                 () = stopping(&mut shutdown) => {
@@ -297,7 +300,8 @@ where
                     conn.as_mut().graceful_shutdown();
                     tokio::select! {
                         r = conn.as_mut() => { log_conn_end(r); break None }
-                        // Idle: nothing is lost by closing now.
+                        // Idle (a half-read head is dropped, as hyper's own graceful close of
+                        // an idle connection would).
                         e = expired => break (e != Expiry::Release).then_some(e),
                     }
                 }
@@ -319,10 +323,11 @@ where
                 break None;
             };
             let mut io = io.into_inner();
+            ctx.metrics.downstream_releases_total.inc();
             if read_buf.is_empty() {
                 // Empty, it still holds hyper's whole read buffer.
                 drop(read_buf);
-                released.inc();
+                let _released = GaugeHold::new(released);
                 let expired = head_clock.expired(header, send, Duration::ZERO);
                 let woke = tokio::select! {
                     r = io.fill() => match r {
@@ -336,7 +341,6 @@ where
                     e = expired => Err(Some(e)),
                     () = stopping(&mut shutdown) => Err(None),
                 };
-                released.dec();
                 if let Err(closed) = woke {
                     break closed;
                 }
@@ -366,6 +370,22 @@ where
         closed(ctx, e.reason());
     }
     let _ = hold_rx.await;
+}
+
+/// Raises a gauge for as long as it lives (dropped with its task, too).
+struct GaugeHold<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> GaugeHold<'a> {
+    fn new(g: &'a prometheus_client::metrics::gauge::Gauge) -> GaugeHold<'a> {
+        g.inc();
+        GaugeHold(g)
+    }
+}
+
+impl Drop for GaugeHold<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The header-count limit given to hyper: its own default (100) unless `client.max_headers`

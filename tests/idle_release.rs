@@ -25,6 +25,15 @@ fn released(gw: &Gateway) -> f64 {
     .unwrap_or(-1.0)
 }
 
+/// Releases so far (`muxgate_downstream_connection_releases_total`).
+fn releases(gw: &Gateway) -> f64 {
+    metric_value(
+        &gw.metrics().render(),
+        "muxgate_downstream_connection_releases_total",
+    )
+    .unwrap_or(-1.0)
+}
+
 async fn released_becomes(gw: &Gateway, n: f64) -> bool {
     wait_until(Duration::from_secs(5), || released(gw) == n).await
 }
@@ -45,6 +54,7 @@ async fn an_idle_connection_is_released_and_serves_its_next_requests() {
                     "{up:?} {round}: not released ({})",
                     released(&s.gw)
                 );
+                assert_eq!(releases(&s.gw), f64::from(round + 1), "{up:?}");
             }
             // A request whose head comes in two writes after the release.
             c.send(b"GET /status/203 HTTP/1.1\r\nHo").await;
@@ -76,12 +86,16 @@ async fn a_head_half_read_when_released_is_replayed() {
         let r = c.read_response(false).await;
         assert_eq!(r.status, 202);
         tokio::time::sleep(Duration::from_millis(600)).await;
+        // Released with the half head in hyper's buffer: nothing to wait for on the socket.
+        assert_eq!(releases(&s.gw), 1.0);
+        assert_eq!(released(&s.gw), 0.0);
         c.send(b".test\r\nX-Late: 1\r\n\r\n").await;
         let r = c.read_response(false).await;
         assert_eq!(r.status, 203, "{}", r.text());
         assert_eq!(s.origin_requests(), 2);
         // Released after it, like any idle connection.
         assert!(released_becomes(&s.gw, 1.0).await);
+        assert_eq!(releases(&s.gw), 2.0);
         s.stop().await;
     })
     .await;
@@ -99,7 +113,7 @@ async fn a_request_with_a_body_keeps_the_state_until_a_bodiless_one() {
         assert_eq!((r.status, r.text().as_str()), (200, "hello"));
         // Three release periods idle: hyper could still be draining a body, so it stays.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(released(&s.gw), 0.0);
+        assert_eq!((released(&s.gw), releases(&s.gw)), (0.0, 0.0));
         c.send(head("GET", "/status/204", "app.test", "").as_bytes())
             .await;
         assert_eq!(c.read_response(false).await.status, 204);
@@ -115,15 +129,17 @@ async fn a_released_connection_closes_at_the_header_timeout_and_on_shutdown() {
         let tables = format!("{RELEASE}header_timeout = \"1s\"\n");
         let s = setup(support::proxy_kit::Up::H2, "", &tables).await;
         let mut c = RawConn::connect(s.addr).await;
+        // Before the request: the gateway's idle clock starts after this, whenever the client
+        // gets to read the response.
+        let sent = Instant::now();
         c.send(head("GET", "/status/200", "app.test", "").as_bytes())
             .await;
         assert_eq!(c.read_response(false).await.status, 200);
-        let idle = Instant::now();
         assert!(released_becomes(&s.gw, 1.0).await);
         assert!(c.read_head().await.is_none(), "closed without a response");
-        let waited = idle.elapsed();
+        let waited = sent.elapsed();
         assert!(
-            waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+            waited >= Duration::from_secs(1) && waited < Duration::from_secs(8),
             "closed after {waited:?}"
         );
         assert!(released_becomes(&s.gw, 0.0).await);
@@ -189,6 +205,38 @@ async fn a_tls_client_connection_is_released_and_reused() {
         drop(client);
         assert!(released_becomes(&gw, 0.0).await);
         assert!(gw.shutdown().await);
+    })
+    .await;
+}
+
+/// A cache hit is answered within the poll that read its head: the connection's deadline must
+/// still move to the release (here after a POST had put it at the 60 s header timeout).
+#[tokio::test]
+async fn a_connection_whose_last_answer_was_a_cache_hit_is_released() {
+    bounded(30, async {
+        let tables = format!("{RELEASE}header_timeout = \"60s\"\n[cache]\nenabled = true\n");
+        let s = setup(support::proxy_kit::Up::H2, "", &tables).await;
+        let mut warm = RawConn::connect(s.addr).await;
+        warm.send(head("GET", "/cached/100", "app.test", "Connection: close\r\n").as_bytes())
+            .await;
+        assert_eq!(warm.read_response(false).await.status, 200);
+        for round in 0..5 {
+            let mut c = RawConn::connect(s.addr).await;
+            let mut post = head("POST", "/echo", "app.test", "Content-Length: 2\r\n");
+            post.push_str("hi");
+            c.send(post.as_bytes()).await;
+            assert_eq!(c.read_response(false).await.status, 200);
+            c.send(head("GET", "/cached/100", "app.test", "").as_bytes())
+                .await;
+            let r = c.read_response(false).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-cache-status"), Some("HIT"), "{round}");
+            assert!(released_becomes(&s.gw, 1.0).await, "{round}: not released");
+            drop(c);
+            assert!(released_becomes(&s.gw, 0.0).await);
+        }
+        assert_eq!(s.origin_requests(), 6);
+        s.stop().await;
     })
     .await;
 }

@@ -137,8 +137,8 @@ impl HeadClock {
         // A plain load first: on a connection of GETs the flag does not change.
         if self.releasable.load(Ordering::Relaxed) != bodiless {
             self.releasable.store(bodiless, Ordering::Relaxed);
-            // Called from the service, on the connection's task: the task is polled again
-            // (at the latest when the response arrives), so no wake is needed.
+            // Called from the service, inside the connection's poll; the connection's `select!`
+            // polls `expired` after it (`biased`), so no wake is needed.
             self.recheck.store(bodiless, Ordering::Relaxed);
         }
     }
@@ -416,6 +416,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendWatch<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection is closing (TLS: close_notify may still be queued): never released.
+        self.clock.set_releasable(false);
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
