@@ -149,7 +149,7 @@ pub fn spawn_conn(
             // Boxed: spawning moves the task's future several times; a pointer is cheaper
             // to move than the connection's state (bench/callgrind.sh with --close).
             // Relayed: on a shard, wakes from other shards' origin connections are coalesced.
-            crate::shard::wake::relayed(Box::pin(serve_conn(stream, peer, tls, &ctx2))).await;
+            crate::shard::wake::relayed(serve_conn(stream, peer, tls, &ctx2)).await;
             ctx2.metrics.downstream_connections_open.dec();
             ctx2.open.fetch_sub(1, Ordering::AcqRel);
             done();
@@ -158,59 +158,69 @@ pub fn spawn_conn(
     );
 }
 
-async fn serve_conn(
+/// The connection's future, boxed at the size of what it serves: a plain HTTP/1.1 connection
+/// is only [`serve_http1`]'s state (one async function holding every branch was 3 KiB, the
+/// TLS stream's size included, for every connection; `bench/idle_conns.sh`).
+fn serve_conn<'a>(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    ctx: &Arc<ServerCtx>,
-) {
+    ctx: &'a Arc<ServerCtx>,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     let _ = stream.set_nodelay(true);
-    // Each protocol's future is boxed: the connection task is then as large as the branch it
-    // takes, not the largest of them (the TLS handshake state alone is ~1 KiB), which is what an
-    // idle keep-alive connection costs (bench/idle_conns.sh).
     let plain = ClientInfo::new(peer, false);
     match tls {
-        None if ctx.live.limits.load().h2c => {
-            // RFC 9113 §3.3: prior knowledge. The sniffed bytes are replayed to either server.
-            let mut stream = stream;
-            let wait = ctx.live.limits.load().header_timeout.0;
-            match Box::pin(h2guard::sniff_preface(&mut stream, wait)).await {
-                Ok((true, seen)) => {
-                    count(ctx, "h2c");
-                    Box::pin(serve_http2(Prefixed::new(seen, stream), plain, ctx)).await
-                }
-                Ok((false, seen)) => {
-                    count(ctx, "http/1.1");
-                    Box::pin(serve_http1(Prefixed::new(seen, stream), plain, ctx)).await
-                }
-                Err(e) => tracing::debug!(error = %e, "client sent no request"),
-            }
-        }
+        None if ctx.live.limits.load().h2c => Box::pin(serve_h2c(stream, plain, ctx)),
         None => {
             count(ctx, "http/1.1");
-            Box::pin(serve_http1(stream, plain, ctx)).await
+            Box::pin(serve_http1(stream, plain, ctx))
         }
-        Some(acceptor) => {
-            let timeout = ctx.live.limits.load().tls_handshake_timeout.0;
-            let hs = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream))).await;
-            match hs {
-                Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    count(ctx, "h2");
-                    Box::pin(serve_http2(s, ClientInfo::new(peer, true), ctx)).await
-                }
-                Ok(Ok(s)) => {
-                    count(ctx, "http/1.1+tls");
-                    Box::pin(serve_http1(s, ClientInfo::new(peer, true), ctx)).await
-                }
-                Ok(Err(e)) => {
-                    refused(ctx, "tls");
-                    tracing::debug!(error = %e, "client TLS handshake failed");
-                }
-                Err(_) => {
-                    refused(ctx, "tls_timeout");
-                    tracing::debug!("client TLS handshake timed out");
-                }
-            }
+        Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, ctx)),
+    }
+}
+
+/// A plain connection with `client.h2c` on: RFC 9113 §3.3 prior knowledge. The sniffed bytes
+/// are replayed to either server.
+async fn serve_h2c(mut stream: TcpStream, plain: ClientInfo, ctx: &Arc<ServerCtx>) {
+    let wait = ctx.live.limits.load().header_timeout.0;
+    match Box::pin(h2guard::sniff_preface(&mut stream, wait)).await {
+        Ok((true, seen)) => {
+            count(ctx, "h2c");
+            Box::pin(serve_http2(Prefixed::new(seen, stream), plain, ctx)).await
+        }
+        Ok((false, seen)) => {
+            count(ctx, "http/1.1");
+            Box::pin(serve_http1(Prefixed::new(seen, stream), plain, ctx)).await
+        }
+        Err(e) => tracing::debug!(error = %e, "client sent no request"),
+    }
+}
+
+/// A TLS connection: the handshake (boxed, ~1 KiB of state), then HTTP/2 or HTTP/1.1 by ALPN.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    ctx: &Arc<ServerCtx>,
+) {
+    let timeout = ctx.live.limits.load().tls_handshake_timeout.0;
+    let hs = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream))).await;
+    match hs {
+        Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            count(ctx, "h2");
+            Box::pin(serve_http2(s, ClientInfo::new(peer, true), ctx)).await
+        }
+        Ok(Ok(s)) => {
+            count(ctx, "http/1.1+tls");
+            Box::pin(serve_http1(s, ClientInfo::new(peer, true), ctx)).await
+        }
+        Ok(Err(e)) => {
+            refused(ctx, "tls");
+            tracing::debug!(error = %e, "client TLS handshake failed");
+        }
+        Err(_) => {
+            refused(ctx, "tls_timeout");
+            tracing::debug!("client TLS handshake timed out");
         }
     }
 }
