@@ -281,11 +281,11 @@ where
     if let Some(n) = hyper_max_headers(&limits) {
         builder.max_headers(n);
     }
-    // `with_upgrades`: after a 101 the connection's I/O goes to the upgrade tunnel
-    // (`proxy::upgrade`), which then lives on its own task.
     let mut shutdown = ctx.shutdown.clone();
     let (header, send) = (limits.header_timeout.0, limits.send_timeout.0);
     let released = &ctx.metrics.downstream_connections_released;
+    // `with_upgrades`: after a 101 the connection's I/O goes to the upgrade tunnel
+    // (`proxy::upgrade`), which then lives on its own task.
     let conn = Box::pin(
         builder
             .serve_connection(TokioIo::new(SendWatch::new(io, head_clock.clone())), svc)

@@ -446,9 +446,18 @@ mod tests {
         clock: &Arc<HeadClock>,
         script: impl Future<Output = ()>,
     ) -> (Expiry, Duration) {
+        beside(clock, Duration::ZERO, script).await
+    }
+
+    /// [`expiry_beside`] with releases after `release` (zero: none).
+    async fn beside(
+        clock: &Arc<HeadClock>,
+        release: Duration,
+        script: impl Future<Output = ()>,
+    ) -> (Expiry, Duration) {
         let start = Instant::now();
         tokio::select! {
-            e = clock.expired(T, SEND, Duration::ZERO) => (e, start.elapsed()),
+            e = clock.expired(T, SEND, release) => (e, start.elapsed()),
             () = script => panic!("the script ended before the connection expired"),
         }
     }
@@ -558,11 +567,7 @@ mod tests {
         clock: &Arc<HeadClock>,
         script: impl Future<Output = ()>,
     ) -> (Expiry, Duration) {
-        let start = Instant::now();
-        tokio::select! {
-            e = clock.expired(T, SEND, RELEASE) => (e, start.elapsed()),
-            () = script => panic!("the script ended before the connection expired"),
-        }
+        beside(clock, RELEASE, script).await
     }
 
     #[tokio::test(start_paused = true)]
