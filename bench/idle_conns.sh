@@ -6,6 +6,8 @@
 # `alpn h2` + `http-reuse always`. The client is a small asyncio script (python3).
 #
 # Usage: bench/idle_conns.sh [N]   (default 10000)
+#   TLS=1 bench/idle_conns.sh 5000   the clients connect over TLS (ALPN http/1.1) to a TLS
+#                                    listener of each gateway (certificate of the test-kit origin)
 # Installs haproxy from Debian if missing. Loopback only; stops everything it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +18,18 @@ source bench/lib.sh
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 cat >"$dir/client.py" <<'PY'
-import asyncio, sys
+import asyncio, ssl, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
+ctx = None
+if len(sys.argv) > 3:  # TLS: the CA file
+    ctx = ssl.create_default_context(cafile=sys.argv[3])
+    ctx.set_alpn_protocols(["http/1.1"])
 REQ = b"GET /bytes/1024 HTTP/1.1\r\nHost: localhost\r\n\r\n"
 async def one(held):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+    if ctx:
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+    else:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(REQ)
     head = await r.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head[:40]
@@ -40,15 +49,18 @@ PY
 
 measure() {  # name pid port [n]
     local name=$1 pid=$2 port=$3 n=${4:-$n} before after
-    python3 "$dir/client.py" "$port" 1 >/dev/null 2>&1 &  # warm: first origin connection
+    python3 "$dir/client.py" "$port" 1 "${tls_args[@]}" >/dev/null 2>&1 &  # warm: first origin connection
     local warm=$!; sleep 1; kill $warm 2>/dev/null || true; wait $warm 2>/dev/null || true
     sleep 0.5
     before=$(rss_kib "$pid")
-    python3 "$dir/client.py" "$port" "$n" >"$dir/$name.client" 2>&1 &
+    python3 "$dir/client.py" "$port" "$n" "${tls_args[@]}" >"$dir/$name.client" 2>&1 &
     local cpid=$!
     for _ in $(seq 600); do grep -q held "$dir/$name.client" 2>/dev/null && break; sleep 0.2; done
     grep -q "held $n" "$dir/$name.client" || { echo "$name: client failed: $(tail -3 "$dir/$name.client")"; kill $cpid; return; }
-    sleep 5  # past client.idle_release_after (1 s) and its timer's next look (≤ 1 s more)
+    # Past client.idle_release_after (1 s) and its timer's next look (up to 1 s more), and past
+    # mimalloc's purge, which gives the freed pages back to the system some seconds later
+    # (2,000 connections: 14.8 KiB each at 5 s, 4.0 at 10 s).
+    sleep 12
     after=$(rss_kib "$pid")
     kill $cpid 2>/dev/null || true; wait $cpid 2>/dev/null || true
     printf '| %s | %d | %.1f | %.1f | %.2f |\n' "$name" "$n" "$(echo "$before/1024" | bc -l)" \
@@ -56,9 +68,21 @@ measure() {  # name pid port [n]
 }
 
 mport=$(free_port)
-gateway_config "$mport" "[client]
+tls_args=() mtls="" hbind=""
+if [[ ${TLS:-} == 1 ]]; then
+    # The clients use TLS listeners; muxgate's plain one gets a port of its own, unused.
+    tls_args=("$dir/ca.pem")
+    mtls="[[listen_tls]]
+listen = \"127.0.0.1:$mport\"
+cert = \"$dir/cert.pem\"
+key = \"$dir/key.pem\""
+    cat "$dir/cert.pem" "$dir/key.pem" >"$dir/both.pem"
+    hbind=" ssl crt $dir/both.pem alpn http/1.1"
+fi
+gateway_config "$( [[ -n $mtls ]] && free_port || echo "$mport")" "[client]
 max_connections = $((n + 1000))
-header_timeout = \"1h\""
+header_timeout = \"1h\"
+$mtls"
 RUST_LOG=warn "$bin" run -c "$dir/gw.toml" 2>"$dir/gw.err" &
 mpid=$!; pids+=($mpid)
 
@@ -81,7 +105,7 @@ defaults
   timeout server 60s
   timeout http-keep-alive 1h
 frontend fe
-  bind 127.0.0.1:$hport
+  bind 127.0.0.1:$hport$hbind
   default_backend be
 backend be
   http-reuse always
@@ -91,7 +115,7 @@ haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.err" 2>&1 &
 hpid=$!; pids+=($hpid)
 sleep 1
 
-echo "# idle keep-alive client connections: $n each, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
+echo "# idle keep-alive client connections${TLS:+ over TLS}: $n each, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
 echo
 echo "| gateway | connections | RSS before (MiB) | RSS held (MiB) | KiB per connection |"
 echo "| --- | ---: | ---: | ---: | ---: |"
