@@ -17,21 +17,19 @@ use support::{
 
 const RELEASE: &str = "[client]\nidle_release_after = \"200ms\"\n";
 
+/// A series of the gateway's metrics; -1 when it is missing.
+fn metric(gw: &Gateway, series: &str) -> f64 {
+    metric_value(&gw.metrics().render(), series).unwrap_or(-1.0)
+}
+
+/// Connections released now (`muxgate_downstream_connections_released`).
 fn released(gw: &Gateway) -> f64 {
-    metric_value(
-        &gw.metrics().render(),
-        "muxgate_downstream_connections_released",
-    )
-    .unwrap_or(-1.0)
+    metric(gw, "muxgate_downstream_connections_released")
 }
 
 /// Releases so far (`muxgate_downstream_connection_releases_total`).
 fn releases(gw: &Gateway) -> f64 {
-    metric_value(
-        &gw.metrics().render(),
-        "muxgate_downstream_connection_releases_total",
-    )
-    .unwrap_or(-1.0)
+    metric(gw, "muxgate_downstream_connection_releases_total")
 }
 
 async fn released_becomes(gw: &Gateway, n: f64) -> bool {
