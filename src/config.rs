@@ -372,9 +372,11 @@ pub struct ClientLimits {
     pub header_timeout: HumanDuration,
     /// TLS handshake time allowed for a client. Default `"10s"`.
     pub tls_handshake_timeout: HumanDuration,
-    /// HTTP/1.1 clients: how long writes of a response may stay blocked (the client does not
-    /// read) before the connection is closed, which releases the upstream stream the response
-    /// holds. Timed between two writes, not over the whole response. Default `"60s"`.
+    /// How long a response may wait for the client before it is given up, which releases the
+    /// upstream stream it holds. HTTP/1.1: writes blocked (the client does not read) → the
+    /// connection is closed; timed between two writes, not over the whole response. HTTP/2: a
+    /// stream waiting for the client to accept its next 16 KiB (window withheld or socket not
+    /// read) → the stream is given up, the connection stays. Default `"60s"`.
     pub send_timeout: HumanDuration,
     /// HTTP/1.1 clients: a keep-alive connection idle this long gives its HTTP state back (the
     /// parser's read and write buffers, ~8 KiB of memory) and waits on the bare socket; its next

@@ -53,6 +53,10 @@ pub struct Metrics {
     /// connections the gateway closed with a GOAWAY error, e.g. `h2_control_flood`,
     /// `h2_reset_flood`, `h2_window_update_flood`, `h2_enhance_your_calm`, `h2_protocol_error`)
     pub downstream_closed_total: Family<Labels, Counter>,
+    /// `muxgate_downstream_streams_closed_total{reason}` (extension: HTTP/2 client streams the
+    /// gateway gave up, `send_timeout`: blocked by the client's flow control or socket past
+    /// `client.send_timeout`)
+    pub downstream_streams_closed_total: Family<Labels, Counter>,
     /// `muxgate_upstream_connections_total{origin,protocol}`
     pub upstream_connections_total: Family<Labels, Counter>,
     /// `muxgate_upstream_connections_open{origin,protocol}`
@@ -163,6 +167,7 @@ impl Metrics {
             shard_relay_runs: Family::default(),
             downstream_refused_total: Family::default(),
             downstream_closed_total: Family::default(),
+            downstream_streams_closed_total: Family::default(),
             upstream_connections_total: Family::default(),
             upstream_connections_open: Family::default(),
             upstream_tls_handshakes_total: Family::default(),
@@ -226,6 +231,11 @@ impl Metrics {
             "downstream_connections_closed",
             "Client connections the gateway closed: HTTP/1.1 timeouts, HTTP/2 GOAWAY errors",
             m.downstream_closed_total.clone(),
+        );
+        registry.register(
+            "downstream_streams_closed",
+            "HTTP/2 client streams the gateway gave up: send_timeout",
+            m.downstream_streams_closed_total.clone(),
         );
         registry.register(
             "upstream_connections",

@@ -29,7 +29,9 @@ use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, ConnHold, Proxy};
 use crate::shard::{Job, Open, Shards};
 
+pub mod h2_send;
 pub mod head_timeout;
+use h2_send::SendClock;
 use head_timeout::{Expiry, HeadClock, SendWatch, Tracked};
 
 /// What a configuration reload swaps. Read once per request (the proxy: routes, pools, cache)
@@ -428,16 +430,37 @@ where
             window_updates_per_data: limits.h2_max_window_updates_per_data_frame,
         },
     );
+    let send_timeout = limits.send_timeout.0;
+    let clock = Arc::new(SendClock::new(send_timeout));
+    let bodies = clock.clone();
     let svc = service_fn(move |req| {
         let proxy = live.proxy.load_full();
         let client = client.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
+        let bodies = bodies.clone();
+        async move {
+            let resp = proxy.handle(req, client).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| bodies.guard(b)))
+        }
     });
     let conn = h2_builder(&limits).serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut shutdown = ctx.shutdown.clone();
+    let metrics = ctx.metrics.clone();
+    let send_expired = clock.expire(move || {
+        metrics
+            .downstream_streams_closed_total
+            .get_or_create(&vec![("reason", "send_timeout".into())])
+            .inc();
+        tracing::info!(
+            timeout = ?send_timeout,
+            "HTTP/2 client stream blocked past client.send_timeout: response abandoned, its upstream stream released"
+        );
+    });
+    tokio::pin!(send_expired);
     let r = tokio::select! {
         r = conn.as_mut() => r,
+        // Never completes: the clock runs for the connection's life.
+        () = send_expired.as_mut() => Ok(()),
         () = stopping(&mut shutdown) => {
             // RFC 9113 §6.8: GOAWAY (hyper sends last-stream-id 2^31-1, a PING, then the real
             // last stream id), streams in flight finish, then the connection closes.

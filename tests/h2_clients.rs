@@ -19,8 +19,8 @@ use muxgate::testkit::origin::{Origin, RunningOrigin};
 use muxgate::testkit::pki::{Pki, PkiFiles};
 use muxgate::Gateway;
 use support::h2raw::{
-    frame, hpack_literal, settings, CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PING,
-    PREFACE, RST_STREAM, SETTINGS,
+    frame, hpack_literal, settings, CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS,
+    INTERNAL_ERROR, PING, PREFACE, RST_STREAM, SETTINGS, SETTINGS_INITIAL_WINDOW_SIZE,
 };
 use support::{gateway_toml, https_url, init, metric_value, origin_toml, start_gateway};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -251,10 +251,15 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: SocketAddr, pki: &Pki) -> Raw {
+        Raw::connect_with(addr, pki, &[]).await
+    }
+
+    /// Connects, sending `params` in the client's SETTINGS.
+    async fn connect_with(addr: SocketAddr, pki: &Pki, params: &[(u16, u32)]) -> Raw {
         let tls = tls_connect(addr, pki, &[b"h2"]).await;
         let (mut r, mut w) = tokio::io::split(tls);
         w.write_all(PREFACE).await.unwrap();
-        w.write_all(&settings(&[])).await.unwrap();
+        w.write_all(&settings(params)).await.unwrap();
         w.flush().await.unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let closed = Arc::new(AtomicBool::new(false));
@@ -1039,6 +1044,152 @@ async fn hostile_window_update_flood() {
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
     assert_closed_once(&s.gw, "h2_window_update_flood");
+    assert!(s.gw.shutdown().await);
+}
+
+/// Upstream streams held for the origin `app`.
+fn upstream_active(gw: &Gateway) -> f64 {
+    metric_value(
+        &metrics(gw),
+        "muxgate_upstream_streams_active{origin=\"app\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+fn send_timeouts(gw: &Gateway) -> f64 {
+    metric_value(
+        &metrics(gw),
+        "muxgate_downstream_streams_closed_total{reason=\"send_timeout\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+/// `client.send_timeout` for HTTP/2: a client that keeps its connection alive but never opens
+/// a stream's window (SETTINGS_INITIAL_WINDOW_SIZE 0) holds the response's upstream stream
+/// only until the timeout (1 s here, cut within 1.25 s); the stream is then reset when the
+/// client lets data through, the connection stays up, and other clients are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_window_withheld_past_send_timeout() {
+    let s = setup("send_timeout = \"1s\"").await;
+    let addr = s.gw.tls_addrs[0];
+    let mut raw = Raw::connect_with(addr, &s.pki, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/bytes/4194304"),
+    ))
+    .await;
+    assert!(
+        support::wait_until(CLOSE_WAIT, || raw.answered() == [1]).await,
+        "no response HEADERS"
+    );
+    let answered = std::time::Instant::now();
+    assert_eq!(upstream_active(&s.gw), 1.0, "upstream stream held");
+
+    // Not cut before the timeout...
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(upstream_active(&s.gw), 1.0, "cut before send_timeout");
+    assert_eq!(send_timeouts(&s.gw), 0.0);
+    // ...and released after it, by 1.25 × (plus scheduling slack).
+    assert!(
+        support::wait_until(CLOSE_WAIT, || upstream_active(&s.gw) == 0.0).await,
+        "upstream stream still held"
+    );
+    let held = answered.elapsed();
+    assert!(
+        held < Duration::from_millis(2500),
+        "released after {held:?}"
+    );
+    assert_eq!(send_timeouts(&s.gw), 1.0);
+    assert!(raw.resets().is_empty(), "reset while the window was shut");
+
+    // The client opens the window: it gets what hyper had buffered, then RST_STREAM.
+    raw.send(&frame(WINDOW_UPDATE, 0, 1, &65_535u32.to_be_bytes()))
+        .await;
+    assert!(
+        support::wait_until(CLOSE_WAIT, || raw.resets().contains(&(1, INTERNAL_ERROR))).await,
+        "no RST_STREAM: {:?}",
+        raw.resets()
+    );
+    assert!(!raw.is_closed(), "the connection itself is kept");
+
+    // Other clients, and a new stream on the same gateway, are served.
+    let h2 = h2_tls(addr, &s.pki).await;
+    let r = get(&h2, "/bytes/65536").await.expect("another client");
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 65_536));
+    assert_eq!(send_timeouts(&s.gw), 1.0);
+    drop(h2);
+    raw.close().await;
+    assert!(s.gw.shutdown().await);
+}
+
+/// `client.send_timeout` for HTTP/2 when the client stops reading its socket while every
+/// window is wide open: once the socket and h2's send buffer are full the response waits, and
+/// its upstream stream is released after the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_h2_client_not_reading_past_send_timeout() {
+    let s = setup("send_timeout = \"1s\"").await;
+    let mut tls = tls_connect(s.gw.tls_addrs[0], &s.pki, &[b"h2"]).await;
+    let mut hello = PREFACE.to_vec();
+    hello.extend(settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 0x7fff_ffff)]));
+    hello.extend(frame(WINDOW_UPDATE, 0, 0, &0x7fff_0000u32.to_be_bytes()));
+    hello.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/bytes/268435456"),
+    ));
+    tls.write_all(&hello).await.unwrap();
+    tls.flush().await.unwrap();
+    assert!(support::wait_until(CLOSE_WAIT, || upstream_active(&s.gw) == 1.0).await);
+    // Never read: the gateway's writes block, then the response waits past the timeout.
+    assert!(
+        support::wait_until(CLOSE_WAIT, || upstream_active(&s.gw) == 0.0).await,
+        "upstream stream still held"
+    );
+    assert_eq!(send_timeouts(&s.gw), 1.0);
+    drop(tls);
+    assert!(s.gw.shutdown().await);
+}
+
+/// A slow but steady HTTP/2 reader is not cut by `client.send_timeout`: with a 16 KiB stream
+/// window and a 400 ms pause after every 16 KiB, a 256 KiB download takes ~6 s against a
+/// 1 s timeout and completes, because each wait for the client is under the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_h2_reader_within_send_timeout_is_served() {
+    let s = setup("send_timeout = \"1s\"").await;
+    let tls = tls_connect(s.gw.tls_addrs[0], &s.pki, &[b"h2"]).await;
+    let (h2, conn) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut h2 = h2.ready().await.unwrap();
+    let (resp, _) = h2
+        .send_request(req(Method::GET, "/bytes/262144"), true)
+        .unwrap();
+    let read = async {
+        let mut recv = resp.await?.into_body();
+        let mut got = 0usize;
+        while let Some(d) = recv.data().await {
+            let d = d?;
+            got += d.len();
+            tokio::time::sleep(Duration::from_millis(400 * d.len() as u64 / 16384)).await;
+            let _ = recv.flow_control().release_capacity(d.len());
+        }
+        Ok::<_, h2::Error>(got)
+    };
+    let got = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("download in time")
+        .expect("download");
+    assert_eq!(got, 262_144);
+    assert_eq!(send_timeouts(&s.gw), 0.0);
+    drop(h2);
     assert!(s.gw.shutdown().await);
 }
 
