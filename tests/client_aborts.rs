@@ -177,6 +177,71 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     assert!(got < SIZE, "the whole response arrived ({got} bytes)");
 }
 
+/// The same over TLS: rustls takes up to 64 KiB of plaintext into its own buffer after the
+/// socket stops taking bytes, so the gateway's writes block a little later, but a TLS client
+/// that reads nothing is still closed at `client.send_timeout` and its upstream stream
+/// released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_stops_reading_is_closed_at_the_send_timeout() {
+    init();
+    let (pki, files) = pki();
+    let origin = Origin::h2().start(&pki).await.expect("origin");
+    let tables = format!(
+        "{}\n[client]\nsend_timeout = \"1s\"\n[[listen_tls]]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+        origin_toml("app", &["*"], &https_url(&origin), Some(&files.ca), ""),
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+    );
+    let gw = start_gateway(&gateway_toml("", &tables)).await;
+    let pool = gw.origin("app").expect("app");
+    let in_flight = || pool.stats().iter().map(|c| c.in_flight).sum::<usize>();
+    let metrics = gw.metrics().clone();
+    let closed = || {
+        metric_value(
+            &metrics.render(),
+            "muxgate_downstream_connections_closed_total{reason=\"send_timeout\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    const SIZE: usize = 64 << 20;
+    let tcp = small_window_client(gw.tls_addrs[0]).await;
+    let cfg = pki.client_config(&[b"http/1.1"]).expect("client config");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = tokio::time::timeout(
+        IO_TIMEOUT,
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake in time")
+    .expect("TLS handshake");
+    s.write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    s.flush().await.expect("flush");
+    let sent = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || in_flight() == 1).await,
+        "the response never held an upstream stream"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || closed() == 1.0).await,
+        "a TLS client that reads nothing was not closed within 10 s"
+    );
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed {took:?} after the request, with a 1 s send timeout"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || in_flight() == 0).await,
+        "the upstream stream is still held: {:?}",
+        pool.stats()
+    );
+    assert_eq!(get(gw.http_addrs[0], "app.test", "/").await.status, 200);
+    drop(s);
+    assert!(gw.shutdown().await);
+}
+
 /// A slow reader that pauses for less than `client.send_timeout` between reads gets the whole
 /// response, although it takes longer than the timeout: the timeout bounds one blocked write,
 /// not the response (nginx `send_timeout`). The same reader is cut when the timeout is shorter
