@@ -296,7 +296,7 @@ fn store_while_streaming(
 fn into_client(up: Upstream) -> Response<RespBody> {
     let (mut parts, body) = up.response.into_parts();
     headers::response_to_client(&mut parts.headers);
-    Response::from_parts(parts, body.boxed_unsync())
+    Response::from_parts(parts, body)
 }
 
 /// Stored fields with a slot for each field a hit sets, so a hit replaces values instead of

@@ -363,7 +363,6 @@ impl Proxy {
             }
         }
         headers::response_to_client(&mut parts.headers);
-        let body = body.map_err(BoxError::from).boxed_unsync();
         Ok((Response::from_parts(parts, body), pool))
     }
 

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::{headers, AccessLog, ClientInfo, ConnHold, Proxy, RespBody};
 use crate::error::Error;
 use crate::upstream::upgrade::{TunnelIo, UpgradeOutcome, UpgradeRequest, UpgradeSlot, Via};
-use crate::upstream::{BoxError, OriginPool, OutHead};
+use crate::upstream::{OriginPool, OutHead};
 
 /// RFC 6455 §1.3: the GUID appended to the client's key.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -193,7 +193,6 @@ impl Proxy {
                 log.conn_id = up.conn_id;
                 let (mut parts, body) = up.response.into_parts();
                 headers::response_to_client(&mut parts.headers);
-                let body = body.map_err(BoxError::from).boxed_unsync();
                 return Ok((Response::from_parts(parts, body), pool));
             }
         };

@@ -396,8 +396,10 @@ impl Observer for Release {
     }
 }
 
-/// The origin's response body; releases its stream slot or connection at end or drop.
-pub type UpstreamBody = Observed<Inner, Release>;
+/// The origin's response body (an `Observed<Inner, Release>`: it releases its stream slot or
+/// connection at end or drop), boxed where the response is made: it then moves as a pointer
+/// through the pool's and the proxy's futures, and the proxy hands it on without boxing again.
+pub type UpstreamBody = UpBody;
 
 /// A response from the origin, with where it came from.
 pub struct Upstream {
@@ -674,7 +676,8 @@ impl OriginPool {
                         Observed::new(
                             Inner::h2(body, Some(ReadTimer::new(self.read_limit.clone()))),
                             Release(Some(Guard::H2(lease, pump))),
-                        ),
+                        )
+                        .boxed_unsync(),
                     ),
                     conn_id,
                     protocol: "h2",
@@ -706,6 +709,7 @@ impl OriginPool {
                         Inner::h1(b, Some(ReadTimer::new(self.read_limit.clone()))),
                         Release(Some(Guard::H1(lease))),
                     )
+                    .boxed_unsync()
                 }),
                 conn_id,
                 protocol: "http/1.1",

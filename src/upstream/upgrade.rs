@@ -263,7 +263,8 @@ impl OriginPool {
         Ok(UpgradeOutcome::Refused(Upstream {
             response: Response::from_parts(
                 parts,
-                Observed::new(Inner::h2(body, None), Release(Some(Guard::H2(lease, None)))),
+                Observed::new(Inner::h2(body, None), Release(Some(Guard::H2(lease, None))))
+                    .boxed_unsync(),
             ),
             conn_id,
             protocol: "h2",
@@ -306,6 +307,7 @@ impl OriginPool {
             return Ok(UpgradeOutcome::Refused(Upstream {
                 response: resp.map(|b| {
                     Observed::new(Inner::h1(b, None), Release(Some(Guard::Dedicated(sender))))
+                        .boxed_unsync()
                 }),
                 conn_id,
                 protocol: "http/1.1",
