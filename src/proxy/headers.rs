@@ -25,6 +25,10 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("http2-settings"),
 ];
 
+/// Where `Connection` and `Transfer-Encoding` are in [`HOP_BY_HOP`].
+const CONNECTION_AT: usize = 0;
+const TRANSFER_ENCODING_AT: usize = 3;
+
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
@@ -48,30 +52,38 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     strip_seen(h, &seen, keep_te_trailers);
 }
 
-/// Which of the names the translation acts on a header map holds, found in one pass over its
-/// names: most messages carry no hop-by-hop field, no `Expect` and no `X-Forwarded-For`, and a
-/// pass costs less than a hashed lookup or removal per candidate (bench/callgrind.sh).
-struct Seen {
+/// Which of the names the request checks and the translation act on a header map holds,
+/// found in one pass over its names: most messages carry no hop-by-hop field, no `Expect`, no
+/// `Content-Length` and no `X-Forwarded-For`, and a pass costs less than a hashed lookup or
+/// removal per candidate (bench/callgrind.sh). The proxy scans a request once and hands the
+/// result to every check; a flag set for a field removed since only costs a lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
     /// Per entry of [`HOP_BY_HOP`].
     hop: [bool; HOP_BY_HOP.len()],
     host: bool,
     expect: bool,
     forwarded_for: bool,
+    content_length: bool,
 }
 
 impl Seen {
-    fn scan(h: &HeaderMap) -> Seen {
+    /// One pass over `h`'s names.
+    pub fn scan(h: &HeaderMap) -> Seen {
         let mut s = Seen {
             hop: [false; HOP_BY_HOP.len()],
             host: false,
             expect: false,
             forwarded_for: false,
+            content_length: false,
         };
         for k in h.keys() {
             if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
                 s.hop[i] = true;
             } else if k == header::HOST {
                 s.host = true;
+            } else if k == header::CONTENT_LENGTH {
+                s.content_length = true;
             } else if k == header::EXPECT {
                 s.expect = true;
             } else if k == X_FORWARDED_FOR {
@@ -79,6 +91,21 @@ impl Seen {
             }
         }
         s
+    }
+
+    /// `Connection` is present.
+    pub fn connection(&self) -> bool {
+        self.hop[CONNECTION_AT]
+    }
+
+    /// `Transfer-Encoding` is present.
+    pub fn transfer_encoding(&self) -> bool {
+        self.hop[TRANSFER_ENCODING_AT]
+    }
+
+    /// `Content-Length` is present.
+    pub fn content_length(&self) -> bool {
+        self.content_length
     }
 }
 
@@ -96,7 +123,7 @@ fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
                 })
                 .unwrap_or(false)
         });
-    if seen.hop[0] {
+    if seen.hop[CONNECTION_AT] {
         for name in connection_nominated(h) {
             h.remove(&name);
         }
@@ -134,11 +161,21 @@ impl ForwardedFor {
 /// Client request headers → origin request headers: hop-by-hop removed, `Host` removed (the
 /// caller carries it as `:authority` or re-adds it), `Expect` removed (the gateway answers
 /// 100-continue itself), `X-Forwarded-For` appended, `X-Forwarded-Proto` set.
-pub fn request_to_origin(mut h: HeaderMap, client: &ForwardedFor, tls: bool) -> HeaderMap {
+pub fn request_to_origin(h: HeaderMap, client: &ForwardedFor, tls: bool) -> HeaderMap {
+    let seen = Seen::scan(&h);
+    request_to_origin_seen(h, &seen, client, tls)
+}
+
+/// [`request_to_origin`] with `h` already scanned.
+pub fn request_to_origin_seen(
+    mut h: HeaderMap,
+    seen: &Seen,
+    client: &ForwardedFor,
+    tls: bool,
+) -> HeaderMap {
     // One scan decides every removal below. `Connection` may nominate Host, Expect or
     // X-Forwarded-For; the flags then overstate what is left, which costs a lookup, no more.
-    let seen = Seen::scan(&h);
-    strip_seen(&mut h, &seen, true);
+    strip_seen(&mut h, seen, true);
     if seen.host {
         h.remove(header::HOST);
     }
@@ -206,6 +243,19 @@ pub fn response_to_client(h: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seen_flags_name_the_right_fields() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
+        let s = Seen::scan(&map(&[("host", "a"), ("content-length", "3")]));
+        assert!(!s.connection() && !s.transfer_encoding() && s.content_length());
+        let s = Seen::scan(&map(&[
+            ("Connection", "close"),
+            ("transfer-encoding", "chunked"),
+        ]));
+        assert!(s.connection() && s.transfer_encoding() && !s.content_length());
+    }
 
     fn xff(ip: &str) -> ForwardedFor {
         ForwardedFor::new(ip.parse().unwrap())

@@ -238,11 +238,18 @@ impl Proxy {
             conn_id: 0,
             cache: None,
         });
-        let result = match upgrade::requested(&req) {
+        // One pass over the field names for every check and translation below.
+        let seen = headers::Seen::scan(req.headers());
+        let upgrade = if seen.connection() {
+            upgrade::requested(&req)
+        } else {
+            None // no `Connection: upgrade`, no upgrade (RFC 9110 §7.8)
+        };
+        let result = match upgrade {
             // Boxed: the upgrade future is large and rare; inline, it would make every
             // request's future (hyper holds one per in-flight request) ~1 KiB bigger.
             Some(want) => Box::pin(self.upgrade(req, want, client, &mut log)).await,
-            None => self.forward(req, client, &mut log).await,
+            None => self.forward(req, &seen, client, &mut log).await,
         };
         let (mut resp, origin) = match result {
             Ok((resp, origin)) => (resp, Some(origin)),
@@ -285,6 +292,7 @@ impl Proxy {
     async fn forward<B>(
         &self,
         req: Request<B>,
+        seen: &headers::Seen,
         client: ClientInfo,
         log: &mut AccessLog,
     ) -> Result<(Response<RespBody>, Arc<OriginPool>), (Error, Option<Arc<OriginPool>>)>
@@ -301,8 +309,14 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        check_transfer_coding(&parts.headers).map_err(fail)?;
-        let declared = content_length(&parts.headers).map_err(fail)?;
+        if seen.transfer_encoding() {
+            check_transfer_coding(&parts.headers).map_err(fail)?;
+        }
+        let declared = if seen.content_length() {
+            content_length(&parts.headers).map_err(fail)?
+        } else {
+            None
+        };
         if self.max_body_size > 0 && declared.is_some_and(|n| n > self.max_body_size) {
             return Err(fail(Error::BodyTooLarge));
         }
@@ -323,7 +337,12 @@ impl Proxy {
             method: parts.method,
             authority: route.host_header.clone().unwrap_or(host),
             path_and_query,
-            headers: headers::request_to_origin(parts.headers, &client.forwarded_for, client.tls),
+            headers: headers::request_to_origin_seen(
+                parts.headers,
+                seen,
+                &client.forwarded_for,
+                client.tls,
+            ),
         };
         if let Some((c, key)) = &cache_key {
             let cacheable = c.methods.contains(&head.method)
