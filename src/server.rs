@@ -463,9 +463,14 @@ where
         () = send_expired.as_mut() => Ok(()),
         () = stopping(&mut shutdown) => {
             // RFC 9113 §6.8: GOAWAY (hyper sends last-stream-id 2^31-1, a PING, then the real
-            // last stream id), streams in flight finish, then the connection closes.
+            // last stream id), streams in flight finish, then the connection closes. The send
+            // clock keeps running: a stalled stream must not hold its upstream stream until
+            // `drain_timeout`.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = send_expired.as_mut() => Ok(()),
+            }
         }
         _ = alarm.wait() => {
             // Flood: the guard ends the client's stream; h2 fails its streams and flushes, and

@@ -1104,7 +1104,8 @@ async fn hostile_window_withheld_past_send_timeout() {
     assert_eq!(send_timeouts(&s.gw), 1.0);
     assert!(raw.resets().is_empty(), "reset while the window was shut");
 
-    // The client opens the window: it gets what hyper had buffered, then RST_STREAM.
+    // The client opens the window: the stream is reset (what hyper had queued for it is
+    // discarded with it).
     raw.send(&frame(WINDOW_UPDATE, 0, 1, &65_535u32.to_be_bytes()))
         .await;
     assert!(
@@ -1122,6 +1123,51 @@ async fn hostile_window_withheld_past_send_timeout() {
     drop(h2);
     raw.close().await;
     assert!(s.gw.shutdown().await);
+}
+
+/// The send clock keeps running while the gateway drains for shutdown: a stalled stream
+/// loses its upstream stream at `client.send_timeout`, not at `drain_timeout` (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_timeout_applies_while_draining() {
+    let s = setup("send_timeout = \"1s\"\ndrain_timeout = \"30s\"").await;
+    let mut raw = Raw::connect_with(
+        s.gw.tls_addrs[0],
+        &s.pki,
+        &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)],
+    )
+    .await;
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/bytes/4194304"),
+    ))
+    .await;
+    assert!(support::wait_until(CLOSE_WAIT, || raw.answered() == [1]).await);
+    assert_eq!(upstream_active(&s.gw), 1.0);
+    let metrics = s.gw.metrics().clone();
+    let active = move || {
+        metric_value(
+            &metrics.render(),
+            "muxgate_upstream_streams_active{origin=\"app\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(s.gw.shutdown());
+    assert!(
+        support::wait_until(CLOSE_WAIT, || active() == 0.0).await,
+        "upstream stream held while draining"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The client leaves; the drain ends.
+    raw.close().await;
+    drop(raw);
+    let drained = tokio::time::timeout(Duration::from_secs(20), shutdown).await;
+    assert!(
+        drained.is_ok(),
+        "shutdown did not finish once the client left"
+    );
 }
 
 /// `client.send_timeout` for HTTP/2 when the client stops reading its socket while every

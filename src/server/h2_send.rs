@@ -39,6 +39,12 @@ use tokio::sync::Notify;
 /// Whole ticks a stream may wait; a tick is a quarter of the timeout.
 const TICKS: u64 = 4;
 
+/// Largest chunk handed to hyper at once: one default DATA frame. hyper polls the body again
+/// only once the previous chunk has (nearly) left, so the time between two polls is the time
+/// the client takes to accept at most this much, whatever the origin's chunk size (up to
+/// 64 KiB frames from an HTTP/2 origin): the timeout then measures a stall, not a slow reader.
+pub const PIECE: usize = 16 * 1024;
+
 /// One connection's clock, shared by its response bodies.
 pub struct SendClock<B> {
     shared: Arc<Shared<B>>,
@@ -48,18 +54,39 @@ pub struct SendClock<B> {
 struct Shared<B> {
     /// Advanced by [`SendClock::expire`] every period while bodies are alive.
     tick: AtomicU64,
-    /// The connection's live bodies (dead entries are pruned each tick).
-    streams: Mutex<Vec<Weak<Slot<B>>>>,
+    /// The connection's bodies; entries of finished ones are pruned each tick, and by
+    /// [`SendClock::guard`] whenever the list has doubled since the last prune (a busy
+    /// connection with a long timeout would otherwise pile them up between ticks).
+    streams: Mutex<Streams<B>>,
     /// A body registered while none was alive: the clock starts ticking.
     added: Notify,
+}
+
+struct Streams<B> {
+    list: Vec<Weak<Slot<B>>>,
+    /// Length after the last prune.
+    pruned: usize,
+}
+
+impl<B> Streams<B> {
+    fn prune(&mut self) {
+        self.list.retain(|w| w.strong_count() > 0);
+        self.pruned = self.list.len();
+    }
 }
 
 struct Slot<B> {
     /// `tick + 1` when the body last handed out a chunk and has not been polled since; 0 while
     /// it is not waiting for the client.
     since: AtomicU64,
-    /// The response body; `None` once the clock took it away.
-    body: Mutex<Option<B>>,
+    /// The response body and the rest of a chunk larger than [`PIECE`]; `None` once the clock
+    /// took them away (both are freed then, not when hyper next looks).
+    held: Mutex<Option<Held<B>>>,
+}
+
+struct Held<B> {
+    body: B,
+    rest: Bytes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,7 +99,10 @@ impl<B> SendClock<B> {
         SendClock {
             shared: Arc::new(Shared {
                 tick: AtomicU64::new(0),
-                streams: Mutex::new(Vec::new()),
+                streams: Mutex::new(Streams {
+                    list: Vec::new(),
+                    pruned: 0,
+                }),
                 added: Notify::new(),
             }),
             period: (timeout / TICKS as u32).max(Duration::from_millis(1)),
@@ -83,12 +113,18 @@ impl<B> SendClock<B> {
     pub fn guard(&self, body: B) -> Guarded<B> {
         let slot = Arc::new(Slot {
             since: AtomicU64::new(0),
-            body: Mutex::new(Some(body)),
+            held: Mutex::new(Some(Held {
+                body,
+                rest: Bytes::new(),
+            })),
         });
         let was_empty = {
             let mut streams = lock(&self.shared.streams);
-            streams.push(Arc::downgrade(&slot));
-            streams.len() == 1
+            if streams.list.len() >= (2 * streams.pruned).max(64) {
+                streams.prune();
+            }
+            streams.list.push(Arc::downgrade(&slot));
+            streams.list.len() == 1
         };
         if was_empty {
             // A permit if the clock is not waiting yet: it cannot miss this.
@@ -97,7 +133,6 @@ impl<B> SendClock<B> {
         Guarded {
             slot,
             shared: self.shared.clone(),
-            rest: Bytes::new(),
         }
     }
 
@@ -105,30 +140,44 @@ impl<B> SendClock<B> {
     /// calls `expired` once for each body taken away. Never returns.
     pub async fn expire(&self, mut expired: impl FnMut()) {
         loop {
-            if lock(&self.shared.streams).is_empty() {
+            if lock(&self.shared.streams).list.is_empty() {
                 self.shared.added.notified().await;
                 continue;
             }
             tokio::time::sleep(self.period).await;
             let now = self.shared.tick.fetch_add(1, Ordering::AcqRel) + 1;
-            let mut taken = Vec::new();
-            lock(&self.shared.streams).retain(|w| {
-                let Some(slot) = w.upgrade() else {
-                    return false;
-                };
-                let since = slot.since.load(Ordering::Acquire);
-                // Waiting since tick `since - 1`: whole ticks waited are `now - since`.
-                if since != 0 && now - since >= TICKS {
-                    if let Some(body) = lock(&slot.body).take() {
-                        taken.push(body);
-                    }
-                    return false;
+            // The live bodies, taken out of the list's lock: a slot is looked at (and a body
+            // dropped, if hyper let go of it meanwhile) with no lock but its own held.
+            let live: Vec<Arc<Slot<B>>> = {
+                let mut streams = lock(&self.shared.streams);
+                streams.prune();
+                streams.list.iter().filter_map(Weak::upgrade).collect()
+            };
+            let mut taken = 0;
+            for slot in &live {
+                // Waiting since tick `since - 1`: whole ticks waited are `now - since`. Read
+                // again under the body's lock: a poll running on another thread may just have
+                // handed out a chunk (and set a newer tick).
+                let waited = |since: u64| since != 0 && now.saturating_sub(since) >= TICKS;
+                if !waited(slot.since.load(Ordering::Acquire)) {
+                    continue;
                 }
-                true
-            });
-            for body in taken {
-                // Dropped here, outside the locks: cancels the upstream stream.
-                drop(body);
+                let gone = {
+                    let mut held = lock(&slot.held);
+                    if waited(slot.since.load(Ordering::Acquire)) {
+                        held.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(gone) = gone {
+                    // Dropped outside the lock: cancels the upstream stream.
+                    drop(gone);
+                    taken += 1;
+                }
+            }
+            drop(live);
+            for _ in 0..taken {
                 expired();
             }
         }
@@ -139,15 +188,7 @@ impl<B> SendClock<B> {
 pub struct Guarded<B> {
     slot: Arc<Slot<B>>,
     shared: Arc<Shared<B>>,
-    /// The rest of a chunk larger than [`PIECE`], handed out first.
-    rest: Bytes,
 }
-
-/// Largest chunk handed to hyper at once: one default DATA frame. hyper polls the body again
-/// only once the previous chunk has (nearly) left, so the time between two polls is the time
-/// the client takes to accept at most this much, whatever the origin's chunk size (up to
-/// 64 KiB frames from an HTTP/2 origin): the timeout then measures a stall, not a slow reader.
-pub const PIECE: usize = 16 * 1024;
 
 /// The error a body taken away by the clock ends with.
 #[derive(Debug)]
@@ -161,14 +202,12 @@ impl std::fmt::Display for SendTimedOut {
 
 impl std::error::Error for SendTimedOut {}
 
-impl<B> Guarded<B> {
-    /// Hands out the next piece of `data`, keeping the rest.
-    fn piece(&mut self, mut data: Bytes) -> Bytes {
-        if data.len() > PIECE {
-            self.rest = data.split_off(PIECE);
-        }
-        data
+/// Hands out the next piece of `data`, keeping the rest in `rest`.
+fn piece(rest: &mut Bytes, mut data: Bytes) -> Bytes {
+    if data.len() > PIECE {
+        *rest = data.split_off(PIECE);
     }
+    data
 }
 
 impl<B> Body for Guarded<B>
@@ -183,44 +222,45 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        this.slot.since.store(0, Ordering::Release);
-        let slot = this.slot.clone();
-        let mut body = lock(&slot.body);
-        let Some(inner) = body.as_mut() else {
+        let Guarded { slot, shared } = self.get_mut();
+        slot.since.store(0, Ordering::Release);
+        let mut held = lock(&slot.held);
+        let Some(Held { body, rest }) = held.as_mut() else {
             return Poll::Ready(Some(Err(SendTimedOut.into())));
         };
-        let r = if this.rest.is_empty() {
-            match Pin::new(&mut *inner).poll_frame(cx) {
+        let r = if rest.is_empty() {
+            match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => match f.into_data() {
-                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(this.piece(data))))),
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(piece(rest, data))))),
                     Err(f) => Poll::Ready(Some(Ok(f))),
                 },
                 other => return other,
             }
         } else {
-            let rest = std::mem::take(&mut this.rest);
-            Poll::Ready(Some(Ok(Frame::data(this.piece(rest)))))
+            let data = std::mem::take(rest);
+            Poll::Ready(Some(Ok(Frame::data(piece(rest, data)))))
         };
-        if !this.rest.is_empty() || !inner.is_end_stream() {
-            let tick = this.shared.tick.load(Ordering::Acquire);
+        if !rest.is_empty() || !body.is_end_stream() {
+            let tick = shared.tick.load(Ordering::Acquire);
             slot.since.store(tick + 1, Ordering::Release);
         }
         r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
-            && lock(&self.slot.body)
-                .as_ref()
-                .is_none_or(|b| b.is_end_stream())
+        // A body taken away is not complete: its next poll fails (and hyper resets the stream).
+        lock(&self.slot.held)
+            .as_ref()
+            .is_some_and(|h| h.rest.is_empty() && h.body.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let inner = lock(&self.slot.body)
-            .as_ref()
-            .map_or_else(SizeHint::default, |b| b.size_hint());
-        let rest = self.rest.len() as u64;
+        let held = lock(&self.slot.held);
+        let Some(h) = held.as_ref() else {
+            return SizeHint::default();
+        };
+        let inner = h.body.size_hint();
+        let rest = h.rest.len() as u64;
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower().saturating_add(rest));
         if let Some(upper) = inner.upper() {
@@ -287,7 +327,22 @@ mod tests {
         assert_eq!(taken.load(Ordering::Acquire), 1);
         let next = body.frame().await;
         assert!(matches!(next, Some(Err(e)) if e.is::<SendTimedOut>()));
-        assert!(body.is_end_stream());
+        // Not complete: hyper must not end the stream as if it were.
+        assert!(!body.is_end_stream());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_bodies_do_not_pile_up_between_ticks() {
+        let clock = SendClock::new(Duration::from_secs(60));
+        let live: Vec<_> = (0..10).map(|_| clock.guard(Chunks(1))).collect();
+        for _ in 0..10_000 {
+            drop(clock.guard(Chunks(1)));
+        }
+        let len = lock(&clock.shared.streams).list.len();
+        assert!(
+            len <= 2 * live.len() + 64,
+            "{len} entries for 10 live bodies"
+        );
     }
 
     /// One chunk of `n` bytes.
@@ -378,6 +433,6 @@ mod tests {
         // Dropped bodies leave the table; the clock then stops ticking.
         drop((_idle, done));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(lock(&clock.shared.streams).is_empty());
+        assert!(lock(&clock.shared.streams).list.is_empty());
     }
 }
