@@ -49,7 +49,8 @@ pub struct Metrics {
     pub downstream_refused_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/1.1 client
     /// connections closed by `client.header_timeout`, `header_timeout`, or by
-    /// `client.send_timeout`, `send_timeout`; HTTP/2 client
+    /// `client.send_timeout`, `send_timeout` (also HTTP/2 clients that kept a stream given up
+    /// at `client.send_timeout` blocked one more timeout); HTTP/2 client
     /// connections the gateway closed with a GOAWAY error, e.g. `h2_control_flood`,
     /// `h2_reset_flood`, `h2_window_update_flood`, `h2_enhance_your_calm`, `h2_protocol_error`)
     pub downstream_closed_total: Family<Labels, Counter>,

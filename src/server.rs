@@ -457,10 +457,19 @@ where
         );
     });
     tokio::pin!(send_expired);
+    let mut stalled = false;
     let r = tokio::select! {
         r = conn.as_mut() => r,
-        // Never completes: the clock runs for the connection's life.
-        () = send_expired.as_mut() => Ok(()),
+        () = send_expired.as_mut() => {
+            // A stream given up a timeout ago was never let go by the client (hyper still
+            // holds its next piece): GOAWAY, a few seconds for the other streams, then close.
+            stalled = true;
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(FLOOD_CLOSE_WAIT, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
         () = stopping(&mut shutdown) => {
             // RFC 9113 §6.8: GOAWAY (hyper sends last-stream-id 2^31-1, a PING, then the real
             // last stream id), streams in flight finish, then the connection closes. The send
@@ -469,7 +478,10 @@ where
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 r = conn.as_mut() => r,
-                () = send_expired.as_mut() => Ok(()),
+                () = send_expired.as_mut() => {
+                    stalled = true;
+                    Ok(())
+                }
             }
         }
         _ = alarm.wait() => {
@@ -483,7 +495,13 @@ where
         }
     };
     let flood = alarm.flood();
-    if let Some(f) = flood {
+    if stalled {
+        closed(ctx, "send_timeout");
+        tracing::info!(
+            timeout = ?send_timeout,
+            "HTTP/2 client closed: a stream given up at client.send_timeout was still blocked a timeout later"
+        );
+    } else if let Some(f) = flood {
         closed(ctx, f.as_str());
         tracing::info!(
             reason = f.as_str(),

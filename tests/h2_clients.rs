@@ -1125,6 +1125,47 @@ async fn hostile_window_withheld_past_send_timeout() {
     assert!(s.gw.shutdown().await);
 }
 
+/// A client that never lets a given-up stream be reset (its window stays shut) loses the
+/// connection a timeout later: GOAWAY, then the close, counted in
+/// `muxgate_downstream_connections_closed_total{reason="send_timeout"}`. hyper would otherwise
+/// hold the stream's next 16 KiB for as long as the client keeps the connection alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_window_withheld_for_good_loses_the_connection() {
+    let s = setup("send_timeout = \"1s\"").await;
+    let mut raw = Raw::connect_with(
+        s.gw.tls_addrs[0],
+        &s.pki,
+        &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)],
+    )
+    .await;
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/bytes/4194304"),
+    ))
+    .await;
+    assert!(support::wait_until(CLOSE_WAIT, || send_timeouts(&s.gw) == 1.0).await);
+    let given_up = std::time::Instant::now();
+    assert!(!raw.is_closed(), "closed at the stream's timeout");
+    assert!(
+        support::wait_until(Duration::from_secs(15), || raw.is_closed()).await,
+        "connection kept"
+    );
+    let took = given_up.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed {took:?} after the stream's timeout"
+    );
+    assert_eq!(raw.goaway(), None, "GOAWAY with an error code");
+    assert!(
+        raw.seen.lock().unwrap().iter().any(|f| f.kind == GOAWAY),
+        "no GOAWAY before the close"
+    );
+    assert_closed_once(&s.gw, "send_timeout");
+    assert!(s.gw.shutdown().await);
+}
+
 /// The send clock keeps running while the gateway drains for shutdown: a stalled stream
 /// loses its upstream stream at `client.send_timeout`, not at `drain_timeout` (30 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,8 +137,12 @@ impl<B> SendClock<B> {
     }
 
     /// Runs the clock for the connection's life (a `select!` branch beside the connection);
-    /// calls `expired` once for each body taken away. Never returns.
+    /// calls `expired` once for each body taken away. Returns only when a stream it gave up
+    /// is still held by hyper a whole timeout later: the client never let it be reset, and
+    /// hyper keeps up to a [`PIECE`] for it, so the caller closes the connection.
     pub async fn expire(&self, mut expired: impl FnMut()) {
+        // Streams given up, with the tick at which they were.
+        let mut given_up: Vec<(Weak<Slot<B>>, u64)> = Vec::new();
         loop {
             if lock(&self.shared.streams).list.is_empty() {
                 self.shared.added.notified().await;
@@ -174,11 +178,19 @@ impl<B> SendClock<B> {
                     // Dropped outside the lock: cancels the upstream stream.
                     drop(gone);
                     taken += 1;
+                    given_up.push((Arc::downgrade(slot), now));
                 }
             }
             drop(live);
             for _ in 0..taken {
                 expired();
+            }
+            given_up.retain(|(w, _)| w.strong_count() > 0);
+            if given_up
+                .iter()
+                .any(|(_, at)| now.saturating_sub(*at) >= TICKS)
+            {
+                return;
             }
         }
     }
