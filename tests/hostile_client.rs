@@ -989,6 +989,20 @@ async fn missing_duplicate_or_invalid_host_gets_400() {
                 "GET / HTTP/1.1\r\nHost: \r\n\r\n".into(),
                 "invalid Host header",
             ),
+            // RFC 3986 §3.2.3: the port is digits (fuzz_downstream_h1 found this one routed on
+            // its whole text by a `*.test` pattern).
+            (
+                "GET / HTTP/1.1\r\nHost: ww:w.app.test\r\n\r\n".into(),
+                "invalid Host header",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: app.test:99999\r\n\r\n".into(),
+                "invalid Host header",
+            ),
+            (
+                "GET http://ww:w.app.test/ HTTP/1.1\r\nHost: app.test\r\n\r\n".into(),
+                "invalid port in request target",
+            ),
         ] {
             let r = assert_refused(h.addr(), req.as_bytes(), 400).await;
             assert_one_line(&r.body, cause);

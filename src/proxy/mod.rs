@@ -492,6 +492,9 @@ fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
         if a.as_str().contains('@') {
             return Err(Error::BadRequest("userinfo in request target"));
         }
+        if !port_is_digits(a) {
+            return Err(Error::BadRequest("invalid port in request target"));
+        }
         if parts.version == Version::HTTP_2 {
             // RFC 9113 §8.3.1: a Host that "identifies an entity that differs from the entity
             // in the ':authority'" makes the request malformed, compared after scheme-based
@@ -527,8 +530,23 @@ fn request_host(parts: &http::request::Parts) -> Result<Authority, Error> {
         .and_then(|h| Authority::try_from(h).ok())
         // Without userinfo, the host part is empty exactly when the value starts with ':'.
         .filter(|a| !a.as_str().starts_with(':') && !a.as_str().contains('@'))
+        .filter(port_is_digits)
         .ok_or(Error::BadRequest("invalid Host header"))?;
     Ok(host)
+}
+
+/// RFC 3986 §3.2.3: `port = *DIGIT` (and it must fit a TCP port). `http` accepts any text after
+/// the colon; `Host: ww:w.a.test` would then be routed on its whole text (`*.a.test`) while
+/// its host is `ww` (found by fuzz_downstream_h1). `authority` has no userinfo.
+fn port_is_digits(authority: &Authority) -> bool {
+    let s = authority.as_str();
+    match s.get(authority.host().len()..) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok()),
+        None => false,
+    }
 }
 
 /// Whether a `Host` value names the same host and port as `authority`, the port defaulting to
