@@ -1064,6 +1064,25 @@ fn send_timeouts(gw: &Gateway) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// A raw client with SETTINGS_INITIAL_WINDOW_SIZE 0 that asks for 4 MiB on stream 1: the
+/// response cannot send a byte of its body until the client opens the window.
+async fn stalled_stream(s: &Setup) -> Raw {
+    let mut raw = Raw::connect_with(
+        s.gw.tls_addrs[0],
+        &s.pki,
+        &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)],
+    )
+    .await;
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/bytes/4194304"),
+    ))
+    .await;
+    raw
+}
+
 /// `client.send_timeout` for HTTP/2: a client that keeps its connection alive but never opens
 /// a stream's window (SETTINGS_INITIAL_WINDOW_SIZE 0) holds the response's upstream stream
 /// only until the timeout (1 s here, cut within 1.25 s); the stream is then reset when the
@@ -1072,14 +1091,7 @@ fn send_timeouts(gw: &Gateway) -> f64 {
 async fn hostile_window_withheld_past_send_timeout() {
     let s = setup("send_timeout = \"1s\"").await;
     let addr = s.gw.tls_addrs[0];
-    let mut raw = Raw::connect_with(addr, &s.pki, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    raw.send(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &get_block("/bytes/4194304"),
-    ))
-    .await;
+    let mut raw = stalled_stream(&s).await;
     assert!(
         support::wait_until(CLOSE_WAIT, || raw.answered() == [1]).await,
         "no response HEADERS"
@@ -1132,19 +1144,7 @@ async fn hostile_window_withheld_past_send_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_window_withheld_for_good_loses_the_connection() {
     let s = setup("send_timeout = \"1s\"").await;
-    let mut raw = Raw::connect_with(
-        s.gw.tls_addrs[0],
-        &s.pki,
-        &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)],
-    )
-    .await;
-    raw.send(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &get_block("/bytes/4194304"),
-    ))
-    .await;
+    let raw = stalled_stream(&s).await;
     assert!(support::wait_until(CLOSE_WAIT, || send_timeouts(&s.gw) == 1.0).await);
     let given_up = std::time::Instant::now();
     assert!(!raw.is_closed(), "closed at the stream's timeout");
@@ -1171,19 +1171,7 @@ async fn hostile_window_withheld_for_good_loses_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_timeout_applies_while_draining() {
     let s = setup("send_timeout = \"1s\"\ndrain_timeout = \"30s\"").await;
-    let mut raw = Raw::connect_with(
-        s.gw.tls_addrs[0],
-        &s.pki,
-        &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)],
-    )
-    .await;
-    raw.send(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &get_block("/bytes/4194304"),
-    ))
-    .await;
+    let mut raw = stalled_stream(&s).await;
     assert!(support::wait_until(CLOSE_WAIT, || raw.answered() == [1]).await);
     assert_eq!(upstream_active(&s.gw), 1.0);
     let metrics = s.gw.metrics().clone();
