@@ -410,8 +410,9 @@ pub fn hyper_max_headers(limits: &ClientLimits) -> Option<usize> {
     (limits.max_headers > 100).then(|| limits.max_headers * 2)
 }
 
-/// How long a client connection may take to end once it crossed a flood limit (its GOAWAY is
-/// written; a client that stops reading must not hold the task).
+/// How long a client connection may take to end once it crossed a flood limit, or held a
+/// stream past `client.send_timeout` for good (its GOAWAY is written; a client that stops
+/// reading must not hold the task).
 const FLOOD_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves one HTTP/2 client connection (after the TLS handshake, or after the h2c preface was
@@ -465,10 +466,7 @@ where
             // holds its next piece): GOAWAY, a few seconds for the other streams, then close.
             stalled = true;
             conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(FLOOD_CLOSE_WAIT, conn.as_mut()).await {
-                Ok(r) => r,
-                Err(_) => Ok(()),
-            }
+            finish_within(FLOOD_CLOSE_WAIT, conn.as_mut()).await
         }
         () = stopping(&mut shutdown) => {
             // RFC 9113 §6.8: GOAWAY (hyper sends last-stream-id 2^31-1, a PING, then the real
@@ -479,8 +477,9 @@ where
             tokio::select! {
                 r = conn.as_mut() => r,
                 () = send_expired.as_mut() => {
+                    // GOAWAY is out already: the other streams get the same few seconds.
                     stalled = true;
-                    Ok(())
+                    finish_within(FLOOD_CLOSE_WAIT, conn.as_mut()).await
                 }
             }
         }
@@ -488,10 +487,7 @@ where
             // Flood: the guard ends the client's stream; h2 fails its streams and flushes, and
             // the guard adds GOAWAY(ENHANCE_YOUR_CALM). Bounded: a client that does not read
             // loses the connection at the deadline anyway.
-            match tokio::time::timeout(FLOOD_CLOSE_WAIT, conn.as_mut()).await {
-                Ok(r) => r,
-                Err(_) => Ok(()),
-            }
+            finish_within(FLOOD_CLOSE_WAIT, conn.as_mut()).await
         }
     };
     let flood = alarm.flood();
@@ -516,6 +512,14 @@ where
         }
     }
     log_conn_end(r);
+}
+
+/// Lets a connection that is closing finish for up to `wait`; then it is dropped (closed).
+async fn finish_within<F>(wait: Duration, conn: std::pin::Pin<&mut F>) -> Result<(), hyper::Error>
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::time::timeout(wait, conn).await.unwrap_or(Ok(()))
 }
 
 /// hyper's HTTP/2 server with the `[client]` limits.

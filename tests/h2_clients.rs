@@ -11,7 +11,7 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -246,6 +246,8 @@ fn origin_snapshot(o: &RunningOrigin) -> (u64, u64) {
 struct Raw {
     w: tokio::io::WriteHalf<Tls>,
     seen: Arc<Mutex<Vec<support::h2raw::Frame>>>,
+    /// When the first GOAWAY was read.
+    goaway_at: Arc<Mutex<Option<Instant>>>,
     closed: Arc<AtomicBool>,
 }
 
@@ -262,8 +264,9 @@ impl Raw {
         w.write_all(&settings(params)).await.unwrap();
         w.flush().await.unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let goaway_at = Arc::new(Mutex::new(None));
         let closed = Arc::new(AtomicBool::new(false));
-        let (s, c) = (seen.clone(), closed.clone());
+        let (s, g, c) = (seen.clone(), goaway_at.clone(), closed.clone());
         tokio::spawn(async move {
             loop {
                 let mut h = [0u8; 9];
@@ -275,6 +278,9 @@ impl Raw {
                 if r.read_exact(&mut payload).await.is_err() {
                     break;
                 }
+                if h[3] == GOAWAY {
+                    g.lock().unwrap().get_or_insert_with(Instant::now);
+                }
                 s.lock().unwrap().push(support::h2raw::Frame {
                     kind: h[3],
                     flags: h[4],
@@ -284,7 +290,12 @@ impl Raw {
             }
             c.store(true, Ordering::Release);
         });
-        Raw { w, seen, closed }
+        Raw {
+            w,
+            seen,
+            goaway_at,
+            closed,
+        }
     }
 
     /// Writes `bytes`; false once the gateway has closed.
@@ -1065,14 +1076,16 @@ fn send_timeouts(gw: &Gateway) -> f64 {
 }
 
 /// A raw client with SETTINGS_INITIAL_WINDOW_SIZE 0 that asks for 4 MiB on stream 1: the
-/// response cannot send a byte of its body until the client opens the window.
-async fn stalled_stream(s: &Setup) -> Raw {
+/// response cannot send a byte of its body until the client opens the window. Also returns
+/// when the request was sent: the send clock cannot start before.
+async fn stalled_stream(s: &Setup) -> (Raw, Instant) {
     let mut raw = Raw::connect_with(
         s.gw.tls_addrs[0],
         &s.pki,
         &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)],
     )
     .await;
+    let sent = Instant::now();
     raw.send(&frame(
         HEADERS,
         END_HEADERS | END_STREAM,
@@ -1080,7 +1093,25 @@ async fn stalled_stream(s: &Setup) -> Raw {
         &get_block("/bytes/4194304"),
     ))
     .await;
-    raw
+    (raw, sent)
+}
+
+/// Waits up to `limit` for `cond`; returns the last moment it was seen false and the moment
+/// it was seen true, so the change happened between the two.
+async fn when(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<(Instant, Instant)> {
+    let deadline = Instant::now() + limit;
+    let mut before = Instant::now();
+    loop {
+        let checked = Instant::now();
+        if cond() {
+            return Some((before, checked));
+        }
+        before = checked;
+        if checked >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// `client.send_timeout` for HTTP/2: a client that keeps its connection alive but never opens
@@ -1091,19 +1122,18 @@ async fn stalled_stream(s: &Setup) -> Raw {
 async fn hostile_window_withheld_past_send_timeout() {
     let s = setup("send_timeout = \"1s\"").await;
     let addr = s.gw.tls_addrs[0];
-    let mut raw = stalled_stream(&s).await;
+    let (mut raw, sent) = stalled_stream(&s).await;
     assert!(
         support::wait_until(CLOSE_WAIT, || raw.answered() == [1]).await,
         "no response HEADERS"
     );
-    let answered = std::time::Instant::now();
     assert_eq!(upstream_active(&s.gw), 1.0, "upstream stream held");
 
     // Not cut before the timeout (unless this thread was held up past it: then the check
     // says nothing)...
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep_until((sent + Duration::from_millis(700)).into()).await;
     let (active, cut) = (upstream_active(&s.gw), send_timeouts(&s.gw));
-    if answered.elapsed() < Duration::from_millis(950) {
+    if sent.elapsed() < Duration::from_millis(950) {
         assert_eq!((active, cut), (1.0, 0.0), "cut before send_timeout");
     }
     // ...and released after it, by 1.25 × (plus scheduling slack).
@@ -1111,7 +1141,8 @@ async fn hostile_window_withheld_past_send_timeout() {
         support::wait_until(CLOSE_WAIT, || upstream_active(&s.gw) == 0.0).await,
         "upstream stream still held"
     );
-    let held = answered.elapsed();
+    let released = Instant::now();
+    let held = sent.elapsed();
     assert!(
         held < Duration::from_millis(2500),
         "released after {held:?}"
@@ -1119,16 +1150,35 @@ async fn hostile_window_withheld_past_send_timeout() {
     assert_eq!(send_timeouts(&s.gw), 1.0);
     assert!(raw.resets().is_empty(), "reset while the window was shut");
 
-    // The client opens the window: the stream is reset (what hyper had queued for it is
-    // discarded with it).
-    raw.send(&frame(WINDOW_UPDATE, 0, 1, &65_535u32.to_be_bytes()))
-        .await;
+    // The client opens the window: the stream is reset (whether hyper first sends what it
+    // had queued for it depends on timing). With it, a second stream whose response drips
+    // for 2 s (its window open): a body alive keeps the connection's clock ticking.
+    let mut open = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        3,
+        &get_block("/drip/1000"),
+    );
+    open.extend(frame(WINDOW_UPDATE, 0, 3, &65_535u32.to_be_bytes()));
+    open.extend(frame(WINDOW_UPDATE, 0, 1, &65_535u32.to_be_bytes()));
+    raw.send(&open).await;
+    let opened_after = released.elapsed();
     assert!(
         support::wait_until(CLOSE_WAIT, || raw.resets().contains(&(1, INTERNAL_ERROR))).await,
         "no RST_STREAM: {:?}",
         raw.resets()
     );
-    assert!(!raw.is_closed(), "the connection itself is kept");
+    // The connection is kept past the moment a stream still held would have cost it (a
+    // timeout after the give-up). Checked only if the window opened well before that moment.
+    if opened_after < Duration::from_millis(600) {
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(raw.answered(), [1, 3]);
+        assert!(!raw.is_closed(), "connection closed");
+        assert_eq!(*raw.goaway_at.lock().unwrap(), None, "GOAWAY sent");
+        let m = metrics(&s.gw);
+        let series = "muxgate_downstream_connections_closed_total{reason=\"send_timeout\"}";
+        assert_eq!(metric_value(&m, series), None, "{m}");
+    }
 
     // Other clients, and a new stream on the same gateway, are served.
     let h2 = h2_tls(addr, &s.pki).await;
@@ -1141,29 +1191,40 @@ async fn hostile_window_withheld_past_send_timeout() {
 }
 
 /// A client that never lets a given-up stream be reset (its window stays shut) loses the
-/// connection a timeout later: GOAWAY, then the close, counted in
+/// connection a timeout later: GOAWAY a timeout (1 s) and a 100 ms settling pause after the
+/// give-up, then the close once the other streams had 5 s, counted in
 /// `muxgate_downstream_connections_closed_total{reason="send_timeout"}`. hyper would otherwise
 /// hold the stream's next 16 KiB for as long as the client keeps the connection alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_window_withheld_for_good_loses_the_connection() {
     let s = setup("send_timeout = \"1s\"").await;
-    let raw = stalled_stream(&s).await;
-    assert!(support::wait_until(CLOSE_WAIT, || send_timeouts(&s.gw) == 1.0).await);
-    let given_up = std::time::Instant::now();
-    assert!(!raw.is_closed(), "closed at the stream's timeout");
+    let (raw, _) = stalled_stream(&s).await;
+    let (not_yet, given_up) = when(CLOSE_WAIT, || send_timeouts(&s.gw) == 1.0)
+        .await
+        .expect("stream given up");
     assert!(
-        support::wait_until(Duration::from_secs(15), || raw.is_closed()).await,
-        "connection kept"
+        support::wait_until(Duration::from_secs(5), || raw
+            .goaway_at
+            .lock()
+            .unwrap()
+            .is_some())
+        .await,
+        "no GOAWAY"
     );
-    let took = given_up.elapsed();
+    let goaway_at = raw.goaway_at.lock().unwrap().expect("GOAWAY");
+    // The give-up happened after `not_yet`, and the clock waits 4 ticks of 250 ms and the
+    // settling pause after it: never sooner, whatever the load.
+    let after = goaway_at.duration_since(not_yet);
     assert!(
-        took >= Duration::from_millis(900),
-        "closed {took:?} after the stream's timeout"
+        after >= Duration::from_millis(1100),
+        "GOAWAY {after:?} after the give-up"
     );
+    let late = goaway_at.duration_since(given_up);
+    assert!(late < Duration::from_millis(3000), "GOAWAY {late:?} late");
     assert_eq!(raw.goaway(), None, "GOAWAY with an error code");
     assert!(
-        raw.seen.lock().unwrap().iter().any(|f| f.kind == GOAWAY),
-        "no GOAWAY before the close"
+        support::wait_until(Duration::from_secs(15), || raw.is_closed()).await,
+        "connection kept after the GOAWAY"
     );
     assert_closed_once(&s.gw, "send_timeout");
     assert!(s.gw.shutdown().await);
@@ -1174,7 +1235,7 @@ async fn hostile_window_withheld_for_good_loses_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_timeout_applies_while_draining() {
     let s = setup("send_timeout = \"1s\"\ndrain_timeout = \"30s\"").await;
-    let mut raw = stalled_stream(&s).await;
+    let (mut raw, _) = stalled_stream(&s).await;
     assert!(support::wait_until(CLOSE_WAIT, || raw.answered() == [1]).await);
     assert_eq!(upstream_active(&s.gw), 1.0);
     let metrics = s.gw.metrics().clone();
@@ -1185,7 +1246,7 @@ async fn send_timeout_applies_while_draining() {
         )
         .unwrap_or(0.0)
     };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let shutdown = tokio::spawn(s.gw.shutdown());
     assert!(
         support::wait_until(CLOSE_WAIT, || active() == 0.0).await,

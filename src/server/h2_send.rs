@@ -19,6 +19,9 @@
 //! waited for at least four whole ticks, so between 1× and 1.25× the timeout. Dropping the body
 //! cancels its upstream stream. If the client opens its window later, hyper sends what it had
 //! buffered and then finds the body failed: it resets the stream (RST_STREAM INTERNAL_ERROR).
+//! hyper cannot reset a stream it is waiting to send on, and keeps up to a [`PIECE`] for it:
+//! if a given-up stream is still held four ticks (a whole timeout) later, `expire` returns and
+//! the server closes the connection (GOAWAY, then a few seconds for the other streams).
 //!
 //! A client that accepts 16 KiB at least once per timeout (a slow but steady reader: 273 bytes
 //! a second at the default 60 s) is never cut. A
@@ -38,6 +41,10 @@ use tokio::sync::Notify;
 
 /// Whole ticks a stream may wait; a tick is a quarter of the timeout.
 const TICKS: u64 = 4;
+
+/// How long [`SendClock::expire`] waits before acting on a given-up stream that still looks
+/// held, so that a stream the client let through in the same instant is released first.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// Largest chunk handed to hyper at once: one default DATA frame. hyper polls the body again
 /// only once the previous chunk has (nearly) left, so the time between two polls is the time
@@ -185,12 +192,19 @@ impl<B> SendClock<B> {
             for _ in 0..taken {
                 expired();
             }
-            given_up.retain(|(w, _)| w.strong_count() > 0);
-            if given_up
-                .iter()
-                .any(|(_, at)| now.saturating_sub(*at) >= TICKS)
-            {
-                return;
+            let overdue = |given_up: &mut Vec<(Weak<Slot<B>>, u64)>| {
+                given_up.retain(|(w, _)| w.strong_count() > 0);
+                given_up
+                    .iter()
+                    .any(|(_, at)| now.saturating_sub(*at) >= TICKS)
+            };
+            // Looked at again a moment later: a client that opened the window just before
+            // this tick is not closed because hyper's stream task has not run yet.
+            if overdue(&mut given_up) {
+                tokio::time::sleep(SETTLE.min(self.period)).await;
+                if overdue(&mut given_up) {
+                    return;
+                }
             }
         }
     }
@@ -287,6 +301,7 @@ mod tests {
     use super::*;
     use crate::upstream::BoxError;
     use http_body_util::BodyExt;
+    use tokio::task::JoinHandle;
 
     /// `n` one-byte chunks; complete (`is_end_stream`) once all are out, as a Content-Length
     /// body is.
@@ -416,6 +431,68 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(taken.load(Ordering::Acquire), 1);
         assert!(matches!(body.frame().await, Some(Err(e)) if e.is::<SendTimedOut>()));
+    }
+
+    /// Runs the clock in the background; returns the count of bodies taken and the task,
+    /// which ends when the clock asks for the connection to be closed.
+    fn run_to_end(clock: &Arc<SendClock<Chunks>>) -> (Arc<AtomicU64>, JoinHandle<()>) {
+        let taken = Arc::new(AtomicU64::new(0));
+        let (c, t) = (clock.clone(), taken.clone());
+        let task = tokio::spawn(async move {
+            c.expire(|| {
+                t.fetch_add(1, Ordering::AcqRel);
+            })
+            .await
+        });
+        (taken, task)
+    }
+
+    /// Sleeps until `secs` after `start` (paused time).
+    async fn at(start: tokio::time::Instant, secs: f64) {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(secs)).await;
+    }
+
+    /// Timeout 4 s, so a tick every second: a body that handed out a chunk at 0 s has waited 4
+    /// whole ticks at the 5th (5 s) and is given up; `expire` returns when hyper still holds it
+    /// 4 ticks later (9 s) and again after the settling pause (9.1 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_given_up_stream_still_held_a_timeout_later_ends_the_clock() {
+        let start = tokio::time::Instant::now();
+        let clock = Arc::new(SendClock::new(Duration::from_secs(4)));
+        let (taken, task) = run_to_end(&clock);
+        let mut held = clock.guard(Chunks(3));
+        assert!(held.frame().await.is_some());
+        at(start, 4.9).await;
+        assert_eq!(taken.load(Ordering::Acquire), 0);
+        at(start, 5.05).await;
+        assert_eq!(taken.load(Ordering::Acquire), 1);
+        at(start, 9.05).await;
+        assert!(!task.is_finished(), "ended before the settling pause");
+        at(start, 9.2).await;
+        assert!(task.is_finished(), "still running with the stream held");
+        drop(held);
+    }
+
+    /// A given-up stream that hyper lets go of (the client opened its window, hyper reset the
+    /// stream) does not end the clock, even when it goes during the settling pause.
+    #[tokio::test(start_paused = true)]
+    async fn a_given_up_stream_released_in_time_keeps_the_connection() {
+        for release_at in [6.5, 9.05] {
+            let start = tokio::time::Instant::now();
+            let clock = Arc::new(SendClock::new(Duration::from_secs(4)));
+            let (taken, task) = run_to_end(&clock);
+            let mut held = clock.guard(Chunks(3));
+            assert!(held.frame().await.is_some());
+            at(start, release_at).await;
+            assert_eq!(taken.load(Ordering::Acquire), 1);
+            drop(held);
+            at(start, 30.0).await;
+            assert!(
+                !task.is_finished(),
+                "released at {release_at} s, still closed"
+            );
+            task.abort();
+        }
     }
 
     #[tokio::test(start_paused = true)]
