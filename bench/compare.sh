@@ -512,7 +512,7 @@ case_spec() {
 for c in $CASES; do case_spec "$c" >/dev/null; done
 
 raw=$work/runs.tsv
-printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\torigin_cpu_ms_per_1k\twrk_cpu_ms_per_1k\tidle_pct\n' >"$raw"
+printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\torigin_cpu_ms_per_1k\twrk_cpu_ms_per_1k\tidle_pct\tsyscalls_per_req\n' >"$raw"
 notes=$work/notes.txt
 : >"$notes"
 
@@ -546,7 +546,16 @@ run_one() {
     roots+=("$spid")
     for _ in $(seq 100); do [[ -f $work/sample.ready ]] && break; sleep 0.02; done
   fi
-  local ocpu0 ocpu1 stat0 stat1
+  local ocpu0 ocpu1 stat0 stat1 perf_pid=
+  # The gateway's system calls during the load (perf's raw_syscalls tracepoint, counted in the
+  # kernel): the work it asks of the kernel per request, which does not change when the
+  # machine's speed does (see the README on this case's fast and slow runs).
+  if [[ -n $gw_pid ]] && command -v perf >/dev/null; then
+    perf stat -x, -e raw_syscalls:sys_enter -p "$(tree_of "$gw_pid" | tr ' \n' ',,' | sed 's/,*$//')" \
+      -o "$work/perf.txt" 2>/dev/null &
+    perf_pid=$!
+    roots+=("$perf_pid")
+  fi
   ocpu0=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
   stat0=$(head -1 /proc/stat)
   # wrk under a shell whose `times` reports wrk's own CPU (the children's line, printed last).
@@ -554,6 +563,14 @@ run_one() {
     -t"$THREADS" -c"$clients" -d"${DUR}s" --timeout 10s --latency \
     -s "$work/report.lua" "${hargs[@]}" "$url" 2>&1) || status=wrk-failed
   stat1=$(head -1 /proc/stat)
+  local calls=-
+  if [[ -n $perf_pid ]]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    forget "$perf_pid"
+    calls=$(awk -F, '/raw_syscalls:sys_enter/ && $1 ~ /^[0-9]+$/ {print $1}' "$work/perf.txt" 2>/dev/null)
+    calls=${calls:--}
+  fi
   ocpu1=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
   # The machine's idle share during the load (all cores; idle + iowait jiffies).
   local idle
@@ -608,10 +625,10 @@ run_one() {
     echo "- rep $rep $cs $g logged $(wc -l <<<"$logged") warning/error lines, e.g.: $(head -3 <<<"$logged" | cut -c1-300 | tr '\n' ' ')" >>"$notes"
   fi
   python3 - "$raw" "$rep" "$cs" "$g" "$status" "$requests" "$duration_us" "$p50_us" "$p99_us" \
-    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" "$ocpu" "$wcpu" "$idle" $ostats <<'PY'
+    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" "$ocpu" "$wcpu" "$idle" "$calls" $ostats <<'PY'
 import sys
 (raw, rep, cs, g, status, req, dur, p50, p99, ec, er, ew, es, et, peak, cpu, sys_ms, ocpu, wcpu,
- idle, oreq, conns, full, res, proto) = sys.argv[1:]
+ idle, calls, oreq, conns, full, res, proto) = sys.argv[1:]
 req, dur = int(req), int(dur) / 1e6
 errs = sum(map(int, (ec, er, ew, es, et)))
 detail = f"connect {ec}, read {er}, write {ew}, status {es}, timeout {et}"
@@ -619,14 +636,15 @@ cpu1k = "-" if cpu == "-" or req == 0 else f"{float(cpu) / (req / 1000):.2f}"
 sys_pct = "-" if cpu in ("-", "0") or sys_ms == "-" else f"{100 * float(sys_ms) / float(cpu):.0f}"
 ocpu1k = "-" if ocpu == "-" or req == 0 else f"{float(ocpu) / (req / 1000):.2f}"
 wcpu1k = "-" if wcpu in ("-", "") or req == 0 else f"{float(wcpu) / (req / 1000):.2f}"
+calls1 = "-" if calls in ("-", "") or req == 0 else f"{int(calls) / req:.2f}"
 row = [rep, cs, g, status, req, f"{dur:.2f}", f"{req / dur:.0f}", f"{int(p50) / 1000:.2f}",
        f"{int(p99) / 1000:.2f}", errs, detail, oreq, conns, full, res, proto, peak, cpu, cpu1k, sys_pct,
-       ocpu1k, wcpu1k, idle]
+       ocpu1k, wcpu1k, idle, calls1]
 with open(raw, "a") as f:
     f.write("\t".join(map(str, row)) + "\n")
 print(f"{cs} {g}: {req / dur:.0f} req/s, p99 {int(p99) / 1000:.1f} ms, errors {errs}, "
       f"origin conns {conns} (full {full}, resumed {res}, {proto}), peak RSS {peak} KiB, "
-      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys), origin CPU {ocpu1k} ms/1k req, wrk CPU {wcpu1k} ms/1k req, machine idle {idle}% [{status}]",
+      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys, {calls1} syscalls/req), origin CPU {ocpu1k} ms/1k req, wrk CPU {wcpu1k} ms/1k req, machine idle {idle}% [{status}]",
       file=sys.stderr)
 PY
 }
@@ -680,13 +698,15 @@ print("Medians over repetitions. **× best peer**: req/s over the best of "
       "(requests it served, distinct connections, full / resumed TLS handshakes, protocols). "
       "RSS: peak of the gateway's processes summed, sampled every 100 ms. CPU: utime+stime of "
       "the gateway's processes during the run, per 1,000 requests; sys %: the kernel's share of it; "
+      "syscalls / req: the gateway's system calls per request (perf; '–' without it), the same in a "
+      "run where the machine is slow and in one where it is fast; "
       "origin CPU: the same for the nginx origin's processes (what each gateway costs the origin); "
       "wrk CPU: the load generator's, per 1,000 requests (how the gateway's write pattern costs its "
       "clients); idle %: the machine's idle share during the run (near 0: the run was CPU-bound, "
       "so req/s follows the sum of the three CPU columns).")
 print()
-print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | origin CPU ms / 1k req | wrk CPU ms / 1k req | idle % | runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | syscalls / req | origin CPU ms / 1k req | wrk CPU ms / 1k req | idle % | runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for c in cases:
     by = {}
     for g in gws:
@@ -699,7 +719,7 @@ for c in cases:
     for g in gws:
         if g not in by:
             if g == "nghttpx" and c.startswith("fallback"):
-                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | | | |")
+                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | | | | |")
             continue
         rs = by[g]
         ok = [r for r in rs if r["status"] == "ok"]
@@ -714,7 +734,7 @@ for c in cases:
         print(f"| {c} | {name} | {f('rps', '{:.0f}')} | {ratio} | {rdir} | {f('p50_ms', '{:.2f}')} "
               f"| {f('p99_ms', '{:.1f}')} | {errs} | {f('origin_requests', '{:.0f}')} | {f('conns', '{:.0f}')} "
               f"| {f('full', '{:.0f}')} | {f('resumed', '{:.0f}')} | {protos} | {rss} | {f('cpu_ms_per_1k', '{:.1f}')} | {f('sys_pct', '{:.0f}')} "
-              f"| {f('origin_cpu_ms_per_1k', '{:.1f}')} | {f('wrk_cpu_ms_per_1k', '{:.1f}')} | {f('idle_pct', '{:.0f}')} | {status} |")
+              f"| {f('syscalls_per_req', '{:.2f}')} | {f('origin_cpu_ms_per_1k', '{:.1f}')} | {f('wrk_cpu_ms_per_1k', '{:.1f}')} | {f('idle_pct', '{:.0f}')} | {status} |")
 PY
   echo
   if [[ -s $notes ]]; then
