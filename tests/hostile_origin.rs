@@ -266,9 +266,10 @@ async fn origin_closing_right_after_its_settings_is_a_quick_502() {
     .await;
 }
 
-/// A valid preface, then garbage where the response should be: the request gets a 502 (not
-/// retried: it was sent), the connection is closed, and the next request dials a new
-/// connection, which this origin serves properly.
+/// A valid preface, then garbage where the responses to three requests should be: each gets
+/// a 502 (not retried: they were sent), the connection is closed and counted once in
+/// `muxgate_upstream_errors_total{kind="protocol"}` (one failure, not one per stream), and
+/// the next request dials a new connection, which this origin serves properly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_mid_connection_replaces_the_connection() {
     bounded(30, async {
@@ -276,7 +277,9 @@ async fn garbage_mid_connection_replaces_the_connection() {
             |n, mut p: Peer| async move {
                 p.handshake().await?;
                 if n == 1 {
-                    p.next_request().await?;
+                    for _ in 0..3 {
+                        p.next_request().await?;
+                    }
                     p.w.send(&garbage(4096)).await?;
                     p.r.until_closed().await;
                     return Ok(());
@@ -289,9 +292,26 @@ async fn garbage_mid_connection_replaces_the_connection() {
             "",
         )
         .await;
-        let r = get(s.addr, "bad.test", "/").await;
-        assert_502(&r, "origin sent an invalid response");
+        let addr = s.addr;
+        let three: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(async move { get(addr, "bad.test", "/").await }))
+            .collect();
+        for r in three {
+            assert_502(
+                &r.await.expect("request"),
+                "origin sent an invalid response",
+            );
+        }
         assert_eq!(s.bad.connections(), 1);
+        let text = s.gw.metrics().render();
+        assert_eq!(
+            metric_value(
+                &text,
+                "muxgate_upstream_errors_total{origin=\"bad\",kind=\"protocol\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
         let r = get(s.addr, "bad.test", "/").await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text(), "ok\n");

@@ -418,8 +418,11 @@ enum AttemptError {
     Failed(RetryClass, Error),
     /// Not retryable at all (timeouts, pool limits).
     Fatal(Error),
-    /// No connection could be had (dial failure, queue full); already counted by the pool.
-    Acquire(Error),
+    /// Failed, and already counted in `muxgate_upstream_errors_total` where it happened: no
+    /// connection could be had (dial failure, queue full; counted by the pool), or the
+    /// connection failed on a protocol error (counted once for the connection, whatever the
+    /// number of its streams).
+    Counted(Error),
 }
 
 /// Everything that talks to one origin.
@@ -583,7 +586,7 @@ impl OriginPool {
                     }
                     continue;
                 }
-                Err(AttemptError::Acquire(e)) => return Err(e),
+                Err(AttemptError::Counted(e)) => return Err(e),
                 Err(AttemptError::Fatal(e)) => e,
                 Err(AttemptError::Failed(class, e)) => {
                     let retry = match class {
@@ -630,7 +633,7 @@ impl OriginPool {
         let lease = match pool.acquire().await {
             Ok(Acquired::Lease(l)) => l,
             Ok(Acquired::UseH1) => return Err(AttemptError::Unsent(Some(body), "alpn_h1")),
-            Err(e) => return Err(AttemptError::Acquire(e)),
+            Err(e) => return Err(AttemptError::Counted(e)),
         };
         let head = out.request((), true).map_err(AttemptError::Fatal)?;
         let conn_id = lease.conn().id;
@@ -660,6 +663,11 @@ impl OriginPool {
                 }
                 Err(e) => {
                     let (class, err) = classify_h2(&e);
+                    if e.is_go_away() && e.is_library() {
+                        // h2 closed the connection (GOAWAY) on an error it detected: the
+                        // connection's driver counts it once, not once per stream.
+                        return Err(AttemptError::Counted(err));
+                    }
                     Err(AttemptError::Failed(class, err))
                 }
             }
@@ -689,7 +697,7 @@ impl OriginPool {
     async fn try_h1(&self, out: &OutHead, body: UpBody) -> Result<Upstream, AttemptError> {
         let mut lease = match self.h1.acquire().await {
             Ok(l) => l,
-            Err(e) => return Err(AttemptError::Acquire(e)),
+            Err(e) => return Err(AttemptError::Counted(e)),
         };
         let req = out.request(body, false).map_err(AttemptError::Fatal)?;
         let conn_id = lease.id();
