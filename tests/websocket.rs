@@ -629,6 +629,34 @@ async fn websocket_to_h2_only_origin_without_the_setting_is_502() {
     .await;
 }
 
+/// An upgrade to an origin that refuses connections gets a 502 naming the cause, and each
+/// failed dial counts once in `muxgate_upstream_errors_total{kind="connect"}`: the pool counts
+/// it, and the upgrade path does not count it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_to_a_refusing_origin_counts_each_failure_once() {
+    support::init();
+    bounded(30, async {
+        let pki = Pki::localhost().expect("pki");
+        let files = pki.write().expect("files");
+        let (_refusing, port) = support::refusing_port();
+        let gw = gateway(([127, 0, 0, 1], port).into(), &files.ca, "").await;
+        let upgrade = b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n\
+            Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let r = raw_request(gw.http_addrs[0], upgrade).await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(r.text().lines().count(), 1, "{}", r.text());
+        let text = metrics(&gw).await;
+        let connect = metric(
+            &text,
+            r#"muxgate_upstream_errors_total{origin="app",kind="connect"}"#,
+        );
+        assert_eq!(connect, 1.0, "{text}");
+        assert!(gw.shutdown().await);
+    })
+    .await;
+}
+
 /// Clients that vanish mid-session (TCP dropped, no close handshake) free their RFC 8441
 /// stream slots and places, and the shared connection survives: no new origin connection, and
 /// the next WebSocket and GET work.

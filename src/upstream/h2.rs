@@ -76,6 +76,8 @@ const MAX_STREAMS_CAP: usize = 1000;
 struct ConnCtl {
     max_streams: AtomicUsize,
     closed: AtomicBool,
+    /// The connection's protocol failure is counted (see [`H2Conn::first_protocol_error`]).
+    protocol_counted: AtomicBool,
     resets: Mutex<ResetBudget>,
 }
 
@@ -275,6 +277,16 @@ impl H2Conn {
 
     fn is_closed(&self) -> bool {
         self.ctl.closed.load(Ordering::Acquire)
+    }
+
+    /// True the first time it is asked: the caller counts the connection's protocol failure in
+    /// `muxgate_upstream_errors_total{kind="protocol"}`. Both the connection's driver (when
+    /// the connection ends on an error h2 detected) and a stream that h2 failed with that
+    /// error (its GOAWAY) ask, because either can see it without the other: h2 fails the
+    /// streams before it writes GOAWAY, and writing it can fail or never finish. One failure,
+    /// one count, however many streams it takes down.
+    pub fn first_protocol_error(&self) -> bool {
+        !self.ctl.protocol_counted.swap(true, Ordering::AcqRel)
     }
 
     fn max_streams(&self) -> usize {
@@ -781,6 +793,7 @@ async fn connect(
     let ctl = Arc::new(ConnCtl {
         max_streams: AtomicUsize::new(shared.initial_max_streams),
         closed: AtomicBool::new(false),
+        protocol_counted: AtomicBool::new(false),
         resets: Mutex::new(ResetBudget {
             tokens: shared.reset_burst,
             last: Instant::now(),
@@ -873,7 +886,7 @@ async fn connect(
             }
             None => false,
         };
-        if violated {
+        if violated && !ctl.protocol_counted.swap(true, Ordering::AcqRel) {
             if let Some(s) = weak.upgrade() {
                 s.metrics.error("protocol");
             }

@@ -664,8 +664,11 @@ impl OriginPool {
                 Err(e) => {
                     let (class, err) = classify_h2(&e);
                     if e.is_go_away() && e.is_library() {
-                        // h2 closed the connection (GOAWAY) on an error it detected: the
-                        // connection's driver counts it once, not once per stream.
+                        // h2 closed the connection (GOAWAY) on an error it detected: counted
+                        // once for the connection, not once per stream.
+                        if lease.conn().first_protocol_error() {
+                            self.metrics.error("protocol");
+                        }
                         return Err(AttemptError::Counted(err));
                     }
                     Err(AttemptError::Failed(class, err))

@@ -157,21 +157,23 @@ impl OriginPool {
     /// Asks the origin to switch protocols, over RFC 8441 where the origin's h2 connection
     /// allows it, else over a dedicated HTTP/1.1 connection.
     pub async fn upgrade(&self, req: UpgradeRequest) -> Result<UpgradeOutcome, Error> {
-        let r = match self.upgrade_h2(&req).await {
-            Ok(Some(out)) => Ok(out),
-            Ok(None) => self.upgrade_h1(&req).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &r {
-            if let Some(kind) = e.kind() {
-                self.metrics.error(kind);
-            }
+        // The RFC 8441 carrier counts its own failures (some are counted where they happen).
+        match self.upgrade_h2(&req).await? {
+            Some(out) => Ok(out),
+            None => self.upgrade_h1(&req).await.inspect_err(|e| self.count(e)),
         }
-        r
+    }
+
+    /// Counts a failure in `muxgate_upstream_errors_total{kind}`.
+    fn count(&self, e: &Error) {
+        if let Some(kind) = e.kind() {
+            self.metrics.error(kind);
+        }
     }
 
     /// The RFC 8441 carrier; `Ok(None)` when it does not apply (not a WebSocket, no h2 pool,
-    /// or the origin's connection lacks `SETTINGS_ENABLE_CONNECT_PROTOCOL`).
+    /// or the origin's connection lacks `SETTINGS_ENABLE_CONNECT_PROTOCOL`). Its errors are
+    /// counted in `muxgate_upstream_errors_total` by the time it returns them.
     async fn upgrade_h2(&self, req: &UpgradeRequest) -> Result<Option<UpgradeOutcome>, Error> {
         let pool = match &self.h2 {
             Some(p) if req.websocket && !self.use_h1.load(Ordering::Acquire) => p,
@@ -179,6 +181,7 @@ impl OriginPool {
         };
         let mut unprocessed = 0;
         loop {
+            // A failed acquire is counted by the pool.
             let lease = match pool.acquire().await? {
                 Acquired::Lease(l) => l,
                 Acquired::UseH1 => return Ok(None),
@@ -190,12 +193,18 @@ impl OriginPool {
             let retry = match self.try_tunnel(lease, &req.head).await {
                 Ok(out) => return Ok(Some(out)),
                 Err(AttemptErr::Retry(reason)) => reason,
-                Err(AttemptErr::Fail(e)) => return Err(e),
+                Err(AttemptErr::Fail(e)) => {
+                    self.count(&e);
+                    return Err(e);
+                }
+                Err(AttemptErr::Counted(e)) => return Err(e),
             };
             unprocessed += 1;
             self.metrics.retry(retry);
             if unprocessed > super::MAX_UNPROCESSED_RETRIES {
-                return Err(Error::Reset("origin connections kept closing".into()));
+                let e = Error::Reset("origin connections kept closing".into());
+                self.count(&e);
+                return Err(e);
             }
         }
     }
@@ -237,8 +246,15 @@ impl OriginPool {
             Ok(Err(e)) => {
                 return Err(match classify_h2(&e) {
                     (RetryClass::Unprocessed(reason), _) => AttemptErr::Retry(reason),
+                    // h2 closed the connection on an error it detected: one count for it.
+                    (_, err) if e.is_go_away() && e.is_library() => {
+                        if lease.conn().first_protocol_error() {
+                            self.metrics.error("protocol");
+                        }
+                        AttemptErr::Counted(err)
+                    }
                     (_, err) => AttemptErr::Fail(err),
-                })
+                });
             }
             Ok(Ok(resp)) => resp,
         };
@@ -337,6 +353,8 @@ enum AttemptErr {
     /// Provably not processed: try another connection.
     Retry(&'static str),
     Fail(Error),
+    /// Failed, and already counted in `muxgate_upstream_errors_total`.
+    Counted(Error),
 }
 
 /// The RFC 8441 §4 request: `CONNECT` with `:protocol websocket`, `:scheme`, `:path` and
