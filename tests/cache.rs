@@ -401,3 +401,40 @@ async fn only_if_cached_never_asks_the_origin() {
     assert_eq!((r.status.as_u16(), status(&r)), (200, "HIT"));
     assert_eq!(requests(&origin), 1);
 }
+
+/// A stored fresh response is reused only as the request's own directives allow, whichever
+/// path answers (a hit is found before the request is translated for the origin): `no-cache`
+/// and `max-age=0` revalidate, `Authorization` is not answered from a response that did not
+/// allow it, and a `Cache-Control` that `Connection` nominates is a hop-by-hop field, removed
+/// before the cache reads it (RFC 9110 §7.6.1), so that request is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_directives_decide_reuse_of_a_fresh_entry() {
+    let (gw, origin, _f) = setup("", "").await;
+    let path = "/cc/max-age=60";
+    assert_eq!(status(&fetch(&gw, path).await), "MISS");
+    assert_eq!(status(&fetch(&gw, path).await), "HIT");
+    let mut c = RawConn::connect(gw.http_addrs[0]).await;
+    for (extra, expect, asked) in [
+        ("Cache-Control: no-cache\r\n", "REVALIDATED", 1),
+        ("Cache-Control: max-age=0\r\n", "REVALIDATED", 1),
+        ("Authorization: Basic eDp5\r\n", "MISS", 1),
+        (
+            "Connection: cache-control\r\nCache-Control: no-cache\r\n",
+            "HIT",
+            0,
+        ),
+        ("Cache-Control: max-stale\r\n", "HIT", 0),
+        ("", "HIT", 0),
+    ] {
+        let before = requests(&origin);
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{extra}\r\n").as_bytes())
+            .await;
+        let r = c.read_response(false).await;
+        assert_eq!(
+            (r.status, r.header("x-cache-status")),
+            (200, Some(expect)),
+            "{extra:?}"
+        );
+        assert_eq!(requests(&origin) - before, asked, "{extra:?}");
+    }
+}

@@ -199,6 +199,15 @@ impl Store {
             .cloned()
     }
 
+    /// The key's stored response if it is the only one and varies on nothing: it then answers
+    /// every request for the key, whatever the request's fields.
+    pub fn lookup_unvaried(&self, key: &str) -> Option<Arc<Stored>> {
+        match self.cache.get(key)?.as_slice() {
+            [only] if only.meta.vary.is_empty() => Some(only.clone()),
+            _ => None,
+        }
+    }
+
     /// Stores a response, replacing the variant with the same secondary key.
     pub fn insert(&self, key: &str, stored: Stored) {
         let secondary = stored.meta.secondary_key();

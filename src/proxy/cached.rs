@@ -48,6 +48,26 @@ pub async fn serve(
     miss(c, pool, head, key, true).await
 }
 
+/// A stored response that [`serve`] would answer with at once, found before the request is
+/// translated for the origin (that costs ~1,100 instructions per hit, `bench/callgrind.sh`).
+/// Exact only for a request the translation leaves unchanged in every field the cache reads
+/// (`Authorization`, `Cache-Control`, `Pragma`): the caller checks it has no `Connection`
+/// field, which could nominate them. The entry must vary on nothing (the translation adds
+/// `X-Forwarded-*`). `None`: [`serve`] decides.
+pub fn quick_hit(
+    c: &CacheRt,
+    key: &str,
+    req_headers: &HeaderMap,
+) -> Option<(Response<RespBody>, CacheStatus)> {
+    let entry = c.store.lookup_unvaried(key)?;
+    let now = SystemTime::now();
+    match request_allows_cached(req_headers, &entry.meta, now) {
+        Serve::Fresh => Some((from_store(&entry, now), "HIT")),
+        Serve::StaleAccepted => Some((from_store(&entry, now), "STALE")),
+        _ => None,
+    }
+}
+
 /// A stored entry that needs validation: serve it while refreshing (`updating`), or revalidate.
 async fn stale(
     c: &Arc<CacheRt>,

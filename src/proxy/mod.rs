@@ -333,6 +333,20 @@ impl Proxy {
                 .render(scheme, &name, path_and_query.path(), path_and_query.query());
             (c.clone(), key)
         });
+        if let Some((c, key)) = &cache_key {
+            // A fresh hit needs no origin request: answered before the translation.
+            let quick = !seen.connection()
+                && c.methods.contains(&parts.method)
+                && matches!(body, OutBody::Empty)
+                && !parts.headers.contains_key(header::RANGE);
+            if let Some((resp, status)) = quick
+                .then(|| cached::quick_hit(c, key, &parts.headers))
+                .flatten()
+            {
+                log.cache = Some(status);
+                return Ok((resp, pool));
+            }
+        }
         let head = OutHead {
             method: parts.method,
             authority: route.host_header.clone().unwrap_or(host),
