@@ -296,7 +296,9 @@ where
     // The block's end drops the connection (or its parts), so the service and its `ConnHold`;
     // what remains is held by an upgrade tunnel, if any: the connection stays counted until
     // the tunnel ends (shutdown closes tunnels).
-    let timed_out = {
+    // Each timeout is counted before the socket is dropped: a client that sees the close
+    // finds it in the metrics.
+    {
         let mut conn = conn;
         loop {
             let expired = head_clock.expired(header, send, limits.idle_release_after.0);
@@ -305,21 +307,27 @@ where
             // the connection's progress changed (`HeadClock::set_releasable`, a blocked write).
             let due = tokio::select! {
                 biased;
-                r = conn.as_mut() => { log_conn_end(r); break None }
+                r = conn.as_mut() => { log_conn_end(r); break }
                 e = expired.as_mut() => e,
                 () = stopping(&mut shutdown) => {
                     // Finish the request in flight, then close (Connection: close on the response).
                     conn.as_mut().graceful_shutdown();
                     tokio::select! {
-                        r = conn.as_mut() => { log_conn_end(r); break None }
+                        r = conn.as_mut() => { log_conn_end(r); break }
                         // Idle (a half-read head is dropped, as hyper's own graceful close of
                         // an idle connection would).
-                        e = expired => break (e != Expiry::Release).then_some(e),
+                        e = expired => {
+                            if e != Expiry::Release {
+                                timed_out(ctx, e);
+                            }
+                            break;
+                        }
                     }
                 }
             };
             if due != Expiry::Release {
-                break Some(due);
+                timed_out(ctx, due);
+                break;
             }
             // `client.idle_release_after`: hyper's state (its buffers) goes; the socket and the
             // service stay. Idle with its last request bodiless and its writes through, hyper has
@@ -332,7 +340,7 @@ where
                 ..
             }) = Pin::into_inner(conn).into_parts()
             else {
-                break None;
+                break;
             };
             let mut io = io.into_inner();
             ctx.metrics.downstream_releases_total.inc();
@@ -353,8 +361,11 @@ where
                     e = expired => Err(Some(e)),
                     () = stopping(&mut shutdown) => Err(None),
                 };
-                if let Err(closed) = woke {
-                    break closed;
+                if let Err(expiry) = woke {
+                    if let Some(e) = expiry {
+                        timed_out(ctx, e);
+                    }
+                    break;
                 }
             } else {
                 // Part of a pipelined head: the next parser reads it again.
@@ -367,21 +378,23 @@ where
                     .with_upgrades(),
             );
         }
-    };
-    if let Some(e) = timed_out {
-        // Idle past the header timeout or a head still incomplete: closed without a response
-        // (as hyper's own header timeout did). A response the client stopped reading: the
-        // connection is closed mid-response, which releases its upstream stream.
-        match e {
-            Expiry::Header => tracing::debug!("client connection closed: header read timeout"),
-            Expiry::Send => tracing::debug!(
-                "client connection closed: send timeout (the client stopped reading the response)"
-            ),
-            Expiry::Release => {}
-        }
-        closed(ctx, e.reason());
     }
     let _ = hold_rx.await;
+}
+
+/// Logs and counts an HTTP/1.1 client connection closed by a timeout; called while the socket
+/// is still open. Idle past the header timeout or a head still incomplete: closed without a
+/// response (as hyper's own header timeout did). A response the client stopped reading: the
+/// connection is closed mid-response, which releases its upstream stream.
+fn timed_out(ctx: &ServerCtx, e: Expiry) {
+    match e {
+        Expiry::Header => tracing::debug!("client connection closed: header read timeout"),
+        Expiry::Send => tracing::debug!(
+            "client connection closed: send timeout (the client stopped reading the response)"
+        ),
+        Expiry::Release => {}
+    }
+    closed(ctx, e.reason());
 }
 
 /// Raises a gauge for as long as it lives (dropped with its task, too).
