@@ -424,17 +424,56 @@ async fn request_directives_decide_reuse_of_a_fresh_entry() {
             0,
         ),
         ("Cache-Control: max-stale\r\n", "HIT", 0),
+        // Browsers' `Connection: keep-alive` removes nothing the cache reads.
+        (
+            "Connection: keep-alive\r\nCache-Control: no-cache\r\n",
+            "REVALIDATED",
+            1,
+        ),
+        ("Connection: keep-alive\r\n", "HIT", 0),
         ("", "HIT", 0),
     ] {
-        let before = requests(&origin);
-        c.send(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{extra}\r\n").as_bytes())
-            .await;
-        let r = c.read_response(false).await;
-        assert_eq!(
-            (r.status, r.header("x-cache-status")),
-            (200, Some(expect)),
-            "{extra:?}"
-        );
-        assert_eq!(requests(&origin) - before, asked, "{extra:?}");
+        ask(&mut c, &origin, path, extra, expect, asked).await;
     }
+    // An entry stale at once: `max-stale` accepts it, unless the request's `Connection`
+    // removes the field before the cache reads it.
+    let path = "/cc/max-age=0";
+    assert_eq!(status(&fetch(&gw, path).await), "MISS");
+    for (extra, expect, asked) in [
+        ("Cache-Control: max-stale\r\n", "STALE", 0),
+        (
+            "Connection: cache-control\r\nCache-Control: max-stale\r\n",
+            "REVALIDATED",
+            1,
+        ),
+        (
+            "Connection: keep-alive, close\r\nCache-Control: max-stale\r\n",
+            "STALE",
+            0,
+        ),
+    ] {
+        ask(&mut c, &origin, path, extra, expect, asked).await;
+    }
+}
+
+/// Sends GET `path` with the `extra` fields on `c`; checks the cache status and how many
+/// requests the origin saw for it.
+async fn ask(
+    c: &mut RawConn,
+    origin: &RunningOrigin,
+    path: &str,
+    extra: &str,
+    expect: &str,
+    asked: u64,
+) {
+    let before = requests(origin);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{extra}\r\n").as_bytes())
+        .await;
+    let r = c.read_response(false).await;
+    assert_eq!(
+        (r.status, r.header("x-cache-status")),
+        (200, Some(expect)),
+        "{path} {extra:?}"
+    );
+    assert_eq!(requests(origin) - before, asked, "{path} {extra:?}");
 }

@@ -42,7 +42,8 @@ impl Stored {
     }
 }
 
-type Variants = Arc<Vec<Arc<Stored>>>;
+/// Every stored response of a key (one per secondary key), newest first.
+pub type Variants = Arc<Vec<Arc<Stored>>>;
 
 /// The cache of one gateway.
 pub struct Store {
@@ -170,6 +171,23 @@ impl Drop for FlightGuard {
     }
 }
 
+/// The variant whose `Vary` fields match this request.
+pub fn matching(variants: &[Arc<Stored>], req_headers: &HeaderMap) -> Option<Arc<Stored>> {
+    variants
+        .iter()
+        .find(|s| vary_matches(&s.meta, req_headers))
+        .cloned()
+}
+
+/// The only variant if it varies on nothing: it then answers every request for the key,
+/// whatever the request's fields.
+pub fn unvaried(variants: &[Arc<Stored>]) -> Option<&Arc<Stored>> {
+    match variants {
+        [only] if only.meta.vary.is_empty() => Some(only),
+        _ => None,
+    }
+}
+
 impl Store {
     /// A store of at most `max_bytes`.
     pub fn new(max_bytes: u64) -> Arc<Store> {
@@ -190,22 +208,10 @@ impl Store {
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The variant of `key` whose `Vary` fields match this request.
-    pub fn lookup(&self, key: &str, req_headers: &HeaderMap) -> Option<Arc<Stored>> {
-        self.cache
-            .get(key)?
-            .iter()
-            .find(|s| vary_matches(&s.meta, req_headers))
-            .cloned()
-    }
-
-    /// The key's stored response if it is the only one and varies on nothing: it then answers
-    /// every request for the key, whatever the request's fields.
-    pub fn lookup_unvaried(&self, key: &str) -> Option<Arc<Stored>> {
-        match self.cache.get(key)?.as_slice() {
-            [only] if only.meta.vary.is_empty() => Some(only.clone()),
-            _ => None,
-        }
+    /// The stored responses of `key`: one read (and one popularity count) per request, shared
+    /// by the quick path and `proxy::cached::serve`.
+    pub fn variants(&self, key: &str) -> Option<Variants> {
+        self.cache.get(key)
     }
 
     /// Stores a response, replacing the variant with the same secondary key.

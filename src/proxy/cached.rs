@@ -18,7 +18,7 @@ use crate::cache::policy::{
     conditional_request_headers, may_serve_stale, merge_304, request_allows_cached, storable,
     storable_headers, validator_matches, CacheControl, EntryMeta, Serve, StaleReason,
 };
-use crate::cache::store::{Flight, FlightGuard, Stored};
+use crate::cache::store::{self, Flight, FlightGuard, Stored, Variants};
 use crate::cache::CacheRt;
 use crate::error::Error;
 use crate::upstream::{BoxError, OriginPool, OutBody, OutHead, Outgoing, Upstream};
@@ -26,15 +26,19 @@ use crate::upstream::{BoxError, OriginPool, OutBody, OutHead, Outgoing, Upstream
 /// `X-Cache-Status` values (nginx's `$upstream_cache_status`).
 pub type CacheStatus = &'static str;
 
-/// Serves a cacheable request (GET or HEAD without a body or Range).
+/// Serves a cacheable request (GET or HEAD without a body or Range). `read`: the key's
+/// variants if the caller has read them already (`Some(None)`: nothing stored).
 pub async fn serve(
     c: &Arc<CacheRt>,
     pool: &Arc<OriginPool>,
     head: OutHead,
     key: String,
+    read: Option<Option<Variants>>,
 ) -> (Result<Response<RespBody>, Error>, CacheStatus) {
     let now = SystemTime::now();
-    if let Some(entry) = c.store.lookup(&key, &head.headers) {
+    let variants = read.unwrap_or_else(|| c.store.variants(&key));
+    let entry = variants.and_then(|v| store::matching(&v, &head.headers));
+    if let Some(entry) = entry {
         match request_allows_cached(&head.headers, &entry.meta, now) {
             Serve::Fresh => return (Ok(from_store(&entry, now)), "HIT"),
             Serve::StaleAccepted => return (Ok(from_store(&entry, now)), "STALE"),
@@ -51,19 +55,18 @@ pub async fn serve(
 /// A stored response that [`serve`] would answer with at once, found before the request is
 /// translated for the origin (that costs ~1,100 instructions per hit, `bench/callgrind.sh`).
 /// Exact only for a request the translation leaves unchanged in every field the cache reads
-/// (`Authorization`, `Cache-Control`, `Pragma`): the caller checks it has no `Connection`
-/// field, which could nominate them. The entry must vary on nothing (the translation adds
+/// (`Authorization`, `Cache-Control`, `Pragma`): the caller checks its `Connection` field
+/// nominates none of them (`headers::nominates_end_to_end`). The entry must vary on nothing (the translation adds
 /// `X-Forwarded-*`). `None`: [`serve`] decides.
 pub fn quick_hit(
-    c: &CacheRt,
-    key: &str,
+    variants: &[Arc<Stored>],
     req_headers: &HeaderMap,
 ) -> Option<(Response<RespBody>, CacheStatus)> {
-    let entry = c.store.lookup_unvaried(key)?;
+    let entry = store::unvaried(variants)?;
     let now = SystemTime::now();
     match request_allows_cached(req_headers, &entry.meta, now) {
-        Serve::Fresh => Some((from_store(&entry, now), "HIT")),
-        Serve::StaleAccepted => Some((from_store(&entry, now), "STALE")),
+        Serve::Fresh => Some((from_store(entry, now), "HIT")),
+        Serve::StaleAccepted => Some((from_store(entry, now), "STALE")),
         _ => None,
     }
 }

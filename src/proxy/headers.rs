@@ -45,6 +45,15 @@ fn connection_nominated(h: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Whether `Connection` nominates a field other than the hop-by-hop ones (`close` names
+/// none): the translation for the origin would then remove an end-to-end field. Browsers send
+/// `Connection: keep-alive`, which removes nothing the cache reads.
+pub fn nominates_end_to_end(h: &HeaderMap) -> bool {
+    connection_nominated(h)
+        .iter()
+        .any(|n| n.as_str() != "close" && !HOP_BY_HOP.contains(n))
+}
+
 /// Removes hop-by-hop fields and those `Connection` nominates. `keep_te_trailers` keeps a
 /// `TE: trailers` (allowed in HTTP/2 requests).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
@@ -243,6 +252,27 @@ pub fn response_to_client(h: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn end_to_end_nominations_are_told_from_hop_by_hop_ones() {
+        for (value, expect) in [
+            ("keep-alive", false),
+            ("Keep-Alive, close", false),
+            ("close, upgrade, TE", false),
+            ("", false),
+            ("cache-control", true),
+            ("keep-alive, Authorization", true),
+            ("x-custom", true),
+        ] {
+            let h = map(&[("connection", value)]);
+            assert_eq!(nominates_end_to_end(&h), expect, "{value:?}");
+        }
+        assert!(!nominates_end_to_end(&HeaderMap::new()));
+        // Two fields: the second one's names count too.
+        let mut h = map(&[("connection", "close")]);
+        h.append(header::CONNECTION, HeaderValue::from_static("pragma"));
+        assert!(nominates_end_to_end(&h));
+    }
 
     #[test]
     fn seen_flags_name_the_right_fields() {

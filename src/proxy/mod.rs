@@ -333,18 +333,27 @@ impl Proxy {
                 .render(scheme, &name, path_and_query.path(), path_and_query.query());
             (c.clone(), key)
         });
+        // The key's variants, read once for the quick path and `cached::serve`. Not read for a
+        // request with `Range`: uncached, unless its `Connection` nominates the field.
+        let mut read = None;
         if let Some((c, key)) = &cache_key {
-            // A fresh hit needs no origin request: answered before the translation.
-            let quick = !seen.connection()
-                && c.methods.contains(&parts.method)
+            if c.methods.contains(&parts.method)
                 && matches!(body, OutBody::Empty)
-                && !parts.headers.contains_key(header::RANGE);
-            if let Some((resp, status)) = quick
-                .then(|| cached::quick_hit(c, key, &parts.headers))
-                .flatten()
+                && !parts.headers.contains_key(header::RANGE)
             {
-                log.cache = Some(status);
-                return Ok((resp, pool));
+                let variants = c.store.variants(key);
+                // A fresh hit needs no origin request: answered before the translation, when
+                // that leaves every field the cache reads as it is.
+                let exact = !seen.connection() || !headers::nominates_end_to_end(&parts.headers);
+                if let Some((resp, status)) = variants
+                    .as_deref()
+                    .filter(|_| exact)
+                    .and_then(|v| cached::quick_hit(v, &parts.headers))
+                {
+                    log.cache = Some(status);
+                    return Ok((resp, pool));
+                }
+                read = Some(variants);
             }
         }
         let head = OutHead {
@@ -365,7 +374,7 @@ impl Proxy {
             if cacheable {
                 // Boxed, like the upgrade path: 3.9 KiB that requests to uncached routes
                 // would otherwise carry.
-                let (r, status) = Box::pin(cached::serve(c, &pool, head, key.clone())).await;
+                let (r, status) = Box::pin(cached::serve(c, &pool, head, key.clone(), read)).await;
                 log.cache = Some(status);
                 return r.map(|resp| (resp, pool.clone())).map_err(fail);
             }
@@ -831,7 +840,6 @@ mod tests {
             ("a.test:+80", false),
             ("a.test:8o", false),
             ("ww:w.a.test", false),
-            ("a:b:80", false),
             ("[::1]", true),
             ("[::1]:8080", true),
             ("[::1]:", true),
@@ -840,8 +848,9 @@ mod tests {
             ("127.0.0.1:443", true),
         ];
         for (text, expect) in cases {
+            // Every case parses as an authority (else it would check nothing).
             let Ok(a) = Authority::try_from(text) else {
-                continue;
+                panic!("{text} is not an authority");
             };
             assert_eq!(port_is_digits(&a), expect, "{text}");
             // Where the port is digits, it is what `Authority` parsed after its host.
@@ -849,10 +858,6 @@ mod tests {
                 let rest = &a.as_str()[a.host().len()..];
                 assert!(rest.is_empty() || rest.starts_with(':'), "{text}");
             }
-        }
-        // The inputs that matter parse as authorities (else the loop checked nothing).
-        for text in ["a.test:+80", "ww:w.a.test", "[::1]:8080", "a.test:99999"] {
-            assert!(Authority::try_from(text).is_ok(), "{text}");
         }
     }
 }
