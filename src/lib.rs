@@ -32,6 +32,7 @@ pub mod demo;
 pub mod error;
 pub mod fuzzing;
 pub mod h2guard;
+pub mod inplace;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

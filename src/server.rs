@@ -172,12 +172,14 @@ fn serve_conn<'a>(
     let _ = stream.set_nodelay(true);
     let plain = ClientInfo::new(peer, false);
     match tls {
-        None if ctx.live.limits.load().h2c => Box::pin(serve_h2c(stream, plain, ctx)),
+        None if ctx.live.limits.load().h2c => {
+            crate::inplace::pinned(|| serve_h2c(stream, plain, ctx))
+        }
         None => {
             count(ctx, "http/1.1");
-            Box::pin(serve_http1(stream, plain, ctx))
+            crate::inplace::pinned(|| serve_http1(stream, plain, ctx))
         }
-        Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, ctx)),
+        Some(acceptor) => crate::inplace::pinned(|| serve_tls(stream, peer, acceptor, ctx)),
     }
 }
 
@@ -188,11 +190,11 @@ async fn serve_h2c(mut stream: TcpStream, plain: ClientInfo, ctx: &Arc<ServerCtx
     match Box::pin(h2guard::sniff_preface(&mut stream, wait)).await {
         Ok((true, seen)) => {
             count(ctx, "h2c");
-            Box::pin(serve_http2(Prefixed::new(seen, stream), plain, ctx)).await
+            crate::inplace::pinned(|| serve_http2(Prefixed::new(seen, stream), plain, ctx)).await
         }
         Ok((false, seen)) => {
             count(ctx, "http/1.1");
-            Box::pin(serve_http1(Prefixed::new(seen, stream), plain, ctx)).await
+            crate::inplace::pinned(|| serve_http1(Prefixed::new(seen, stream), plain, ctx)).await
         }
         Err(e) => tracing::debug!(error = %e, "client sent no request"),
     }
@@ -210,11 +212,11 @@ async fn serve_tls(
     match hs {
         Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
             count(ctx, "h2");
-            Box::pin(serve_http2(s, ClientInfo::new(peer, true), ctx)).await
+            crate::inplace::pinned(|| serve_http2(s, ClientInfo::new(peer, true), ctx)).await
         }
         Ok(Ok(s)) => {
             count(ctx, "http/1.1+tls");
-            Box::pin(serve_http1(s, ClientInfo::new(peer, true), ctx)).await
+            crate::inplace::pinned(|| serve_http1(s, ClientInfo::new(peer, true), ctx)).await
         }
         Ok(Err(e)) => {
             refused(ctx, "tls");
@@ -263,7 +265,7 @@ where
         // The head is complete: the header timeout waits until this response is done.
         let busy = clock.request();
         clock.set_releasable(hyper::body::Body::is_end_stream(req.body()));
-        let fut = Box::pin(proxy.handle(req, client.clone()));
+        let fut = crate::inplace::pinned(|| proxy.handle(req, client.clone()));
         async move {
             let resp = fut.await;
             Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, busy)))
@@ -288,11 +290,11 @@ where
     let released = &ctx.metrics.downstream_connections_released;
     // `with_upgrades`: after a 101 the connection's I/O goes to the upgrade tunnel
     // (`proxy::upgrade`), which then lives on its own task.
-    let conn = Box::pin(
+    let conn = crate::inplace::pinned(|| {
         builder
             .serve_connection(TokioIo::new(SendWatch::new(io, head_clock.clone())), svc)
-            .with_upgrades(),
-    );
+            .with_upgrades()
+    });
     // The block's end drops the connection (or its parts), so the service and its `ConnHold`;
     // what remains is held by an upgrade tunnel, if any: the connection stays counted until
     // the tunnel ends (shutdown closes tunnels).
@@ -372,11 +374,11 @@ where
                 // Copied: the slice would keep hyper's whole read buffer alive.
                 io.replay(Bytes::copy_from_slice(&read_buf));
             }
-            conn = Box::pin(
+            conn = crate::inplace::pinned(|| {
                 builder
                     .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades(),
-            );
+                    .with_upgrades()
+            });
         }
     }
     let _ = hold_rx.await;

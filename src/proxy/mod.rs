@@ -374,7 +374,9 @@ impl Proxy {
             if cacheable {
                 // Boxed, like the upgrade path: 3.9 KiB that requests to uncached routes
                 // would otherwise carry.
-                let (r, status) = Box::pin(cached::serve(c, &pool, head, key.clone(), read)).await;
+                let (r, status) =
+                    crate::inplace::pinned(|| cached::serve(c, &pool, head, key.clone(), read))
+                        .await;
                 log.cache = Some(status);
                 return r.map(|resp| (resp, pool.clone())).map_err(fail);
             }
