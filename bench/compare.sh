@@ -57,6 +57,8 @@
 #   EXTRA_MUXGATE_B=...  extra top-level TOML lines for muxgate-b only (e.g. 'workers = 1')
 #   EXTRA_MUXGATE_B_ORIGIN=...  extra [[origins]] lines for muxgate-b only
 #                        (e.g. 'stream_window = "256KiB"')
+#   EXTRA_MUXGATE_CLIENT=... / EXTRA_MUXGATE_B_CLIENT=...  extra [client] lines for both / for
+#                        muxgate-b only (e.g. 'abort_on_close = false')
 #   PROCS_B=N            run muxgate-b as N processes on one port (with EXTRA_MUXGATE_B='workers = 1':
 #                        one single-threaded process per core)
 #   OUT=path.md          where to write the report (default bench/results/compare-<date>.md)
@@ -345,6 +347,7 @@ listen = ""
 [client]
 max_connections = $(((NOFILE - 2048) / 2))
 drain_timeout = "2s"
+${EXTRA_MUXGATE_CLIENT:-}
 [[origins]]
 name = "origin"
 hosts = ["*"]
@@ -357,11 +360,12 @@ TOML
   # muxgate-b: the same file on its own port, with its extra top-level and origin lines (a
   # key they set is dropped from the copy).
   local drop=() k
-  for k in $(sed -n 's/^\([a-z_]*\) *=.*/\1/p' <<<"${EXTRA_MUXGATE_B:-}"$'\n'"${EXTRA_MUXGATE_B_ORIGIN:-}"); do
+  for k in $(sed -n 's/^\([a-z_]*\) *=.*/\1/p' <<<"${EXTRA_MUXGATE_B:-}"$'\n'"${EXTRA_MUXGATE_B_ORIGIN:-}"$'\n'"${EXTRA_MUXGATE_B_CLIENT:-}"); do
     drop+=(-e "/^$k *=/d")
   done
   { printf '%s\n' "${EXTRA_MUXGATE_B:-}"
-    sed "${drop[@]}" -e "s/127.0.0.1:${gport[muxgate]:-0}\"/127.0.0.1:${gport[muxgate-b]:-0}\"/" "$d/muxgate.toml"
+    sed "${drop[@]}" -e "s/127.0.0.1:${gport[muxgate]:-0}\"/127.0.0.1:${gport[muxgate-b]:-0}\"/" "$d/muxgate.toml" |
+      EXTRA="${EXTRA_MUXGATE_B_CLIENT:-}" awk '{ print } /^\[client\]$/ && ENVIRON["EXTRA"] != "" { print ENVIRON["EXTRA"] }'
     printf '%s\n' "${EXTRA_MUXGATE_B_ORIGIN:-}"; } >"$d/muxgate-b.toml"
   if [[ $cache == cache ]]; then
     printf '[cache]\nenabled = true\n' | tee -a "$d/muxgate-b.toml" >>"$d/muxgate.toml"
@@ -680,8 +684,8 @@ out_md=${OUT:-bench/results/compare-$(date -u +%Y-%m-%d).md}
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); load average before/after: $load_before / $load_after."
   echo "Versions: muxgate $("$bin" --version | awk '{print $2}') ($(git -C "$root_dir" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root_dir" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', modified')), $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nghttpx --version | head -1), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')."
-  [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}${EXTRA_MUXGATE_B_ORIGIN:+, extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_ORIGIN")\`}${PROCS_B:+, $PROCS_B processes on one port}."
-  echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $GW_THREADS, nghttpx workers $GW_THREADS, muxgate workers $GW_THREADS; origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE_TOP:+ muxgate extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_TOP")\`.}${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}"
+  [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}${EXTRA_MUXGATE_B_ORIGIN:+, extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_ORIGIN")\`}${EXTRA_MUXGATE_B_CLIENT:+, extra client settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_CLIENT")\`}${PROCS_B:+, $PROCS_B processes on one port}."
+  echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $GW_THREADS, nghttpx workers $GW_THREADS, muxgate workers $GW_THREADS; origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE_TOP:+ muxgate extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_TOP")\`.}${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}${EXTRA_MUXGATE_CLIENT:+ muxgate extra client settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_CLIENT")\`.}"
   echo
   python3 - "$raw" "$GATEWAYS" "$CASES" <<'PY'
 import csv, statistics as st, sys

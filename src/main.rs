@@ -9,7 +9,9 @@ use muxgate::demo::{self, DemoOpts};
 use muxgate::Gateway;
 
 /// mimalloc instead of glibc malloc: glibc's per-thread arenas kept ~35 MiB more resident after
-/// a 1 GiB streamed download (bench/large_bodies.sh); mimalloc returns it.
+/// a 1 GiB streamed download (bench/large_bodies.sh); mimalloc returns it. The `system-alloc`
+/// feature keeps the system's, for heap profilers (bench/heap.sh).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

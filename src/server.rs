@@ -281,7 +281,10 @@ where
         .max_buf_size((limits.max_header_size.0 as usize * 2).max(8192) + 8192)
         // Not `pipeline_flush(true)`: hyper then drops buffered responses (and its own 431) when
         // the connection closes with unread input.
-        .keep_alive(true);
+        .keep_alive(true)
+        // `client.abort_on_close`: hyper's half-close mode stops its reads while a request is
+        // in flight, so it no longer sees a client that leaves, nor needs a second buffer.
+        .half_close(!limits.abort_on_close);
     if let Some(n) = hyper_max_headers(&limits) {
         builder.max_headers(n);
     }

@@ -101,6 +101,71 @@ async fn thousands_of_client_aborts_leave_the_shared_connection_alive() {
     );
 }
 
+/// `client.abort_on_close`: by default a client that leaves while its request waits for the
+/// origin cancels the request at once, and one that shuts its sending side counts as gone;
+/// with `false` the request runs until the origin answers, and the half-closed client gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_on_close_decides_whether_a_leaving_client_cancels_its_request() {
+    init();
+    let (pki, _files) = pki();
+    let origin = Origin::h2().start(&pki).await.expect("origin");
+    for abort in [true, false] {
+        let extra = format!("\n[client]\nabort_on_close = {abort}\n");
+        let (gw, _f) = gateway_for(&origin, &pki, &extra).await;
+        let addr = gw.http_addrs[0];
+        let pool = gw.origin("app").expect("app");
+        let in_flight = || pool.stats().iter().map(|c| c.in_flight).sum::<usize>();
+
+        // A client that shuts its sending side after the request.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /delay/300 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await
+            .expect("write");
+        s.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "abort_on_close = {abort}: connection left open"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(
+            text.starts_with("HTTP/1.1 200"),
+            !abort,
+            "abort_on_close = {abort}: {text:?}"
+        );
+        assert!(wait_until(Duration::from_secs(2), || in_flight() == 0).await);
+
+        // A client that leaves while its request waits 2 s for the origin.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /delay/2000 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(
+            wait_until(Duration::from_secs(2), || in_flight() == 1).await,
+            "the request never reached the origin"
+        );
+        let left = std::time::Instant::now();
+        drop(s);
+        if abort {
+            assert!(
+                wait_until(Duration::from_millis(1500), || in_flight() == 0).await,
+                "the request outlived its client"
+            );
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(in_flight(), 1, "the request was cancelled");
+            assert!(wait_until(Duration::from_secs(5), || in_flight() == 0).await);
+            // It ended when the origin answered, not when the client left.
+            assert!(
+                left.elapsed() >= Duration::from_millis(1000),
+                "{:?}",
+                left.elapsed()
+            );
+        }
+    }
+}
+
 /// `[client] send_timeout = "1s"` after the origin's table.
 const SEND_TIMEOUT_1S: &str = "\n[client]\nsend_timeout = \"1s\"\n";
 
