@@ -403,9 +403,16 @@ fn metrics(gw: &Gateway) -> String {
 }
 
 /// Exactly one client connection was closed for `reason`.
-fn assert_closed_once(gw: &Gateway, reason: &str) {
-    let m = metrics(gw);
+/// The gateway counts a close after h2 has written its GOAWAY and FIN, so the count may trail
+/// what the client saw by a moment: polled for up to 5 s, then must be exactly 1.
+async fn assert_closed_once(gw: &Gateway, reason: &str) {
     let series = format!("muxgate_downstream_connections_closed_total{{reason=\"{reason}\"}}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut m = metrics(gw);
+    while metric_value(&m, &series).is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = metrics(gw);
+    }
     assert_eq!(metric_value(&m, &series), Some(1.0), "{m}");
 }
 
@@ -849,7 +856,14 @@ async fn hostile_rapid_reset() {
 
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
-    let m = metrics(&s.gw);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut m = metrics(&s.gw);
+    while !m.contains("muxgate_downstream_connections_closed_total{reason=\"h2_")
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = metrics(&s.gw);
+    }
     assert!(
         m.contains("muxgate_downstream_connections_closed_total{reason=\"h2_"),
         "{m}"
@@ -900,7 +914,7 @@ async fn hostile_reset_of_accepted_streams() {
 
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
-    assert_closed_once(&s.gw, "h2_reset_flood");
+    assert_closed_once(&s.gw, "h2_reset_flood").await;
     assert!(s.gw.shutdown().await);
 }
 
@@ -965,7 +979,7 @@ async fn hostile_ping_flood() {
 
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
-    assert_closed_once(&s.gw, "h2_control_flood");
+    assert_closed_once(&s.gw, "h2_control_flood").await;
     assert!(s.gw.shutdown().await);
 }
 
@@ -1054,7 +1068,7 @@ async fn hostile_window_update_flood() {
     assert_eq!((r.status, r.body.len()), (StatusCode::OK, 65_536));
     legit.finish().await;
     assert_eq!(origin_snapshot(&s.origin), before);
-    assert_closed_once(&s.gw, "h2_window_update_flood");
+    assert_closed_once(&s.gw, "h2_window_update_flood").await;
     assert!(s.gw.shutdown().await);
 }
 
@@ -1226,7 +1240,7 @@ async fn hostile_window_withheld_for_good_loses_the_connection() {
         support::wait_until(Duration::from_secs(15), || raw.is_closed()).await,
         "connection kept after the GOAWAY"
     );
-    assert_closed_once(&s.gw, "send_timeout");
+    assert_closed_once(&s.gw, "send_timeout").await;
     assert!(s.gw.shutdown().await);
 }
 

@@ -44,6 +44,19 @@ fn metric(text: &str, series: &str) -> f64 {
     metric_value(text, series).unwrap_or(0.0)
 }
 
+/// `series` once it reads `want`, or its value after 5 s. A tunnel's gauge is lowered when the
+/// tunnel task ends, which may be a moment after both peers saw the close.
+async fn settled(gw: &Gateway, series: &str, want: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = metric(&metrics(gw).await, series);
+        if v == want || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Shuts `gw` down (it must drain within 20 s with the tunnel open) and checks that the
 /// client's WebSocket `c` ends within 10 s.
 async fn shutdown_closes<S>(gw: Gateway, c: &mut S)
@@ -281,11 +294,11 @@ async fn websockets_over_rfc8441_share_h2_connections() {
             SOCKETS as f64
         );
         assert_eq!(
-            metric(&m, r#"muxgate_upgraded_open{origin="app",via="h2"}"#),
+            settled(&gw, r#"muxgate_upgraded_open{origin="app",via="h2"}"#, 0.0).await,
             0.0
         );
         assert_eq!(
-            metric(&m, r#"muxgate_upstream_streams_active{origin="app"}"#),
+            settled(&gw, r#"muxgate_upstream_streams_active{origin="app"}"#, 0.0).await,
             0.0
         );
 
@@ -699,7 +712,7 @@ async fn vanished_clients_free_their_h2_tunnels() {
             pool.stats()
         );
         let open = r#"muxgate_upgraded_open{origin="app",via="h2"}"#;
-        assert_eq!(metric(&metrics(&gw).await, open), 0.0);
+        assert_eq!(settled(&gw, open, 0.0).await, 0.0);
         assert_eq!(
             origin.stats.get(|s| &s.connections),
             1,
