@@ -25,33 +25,39 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("http2-settings"),
 ];
 
-/// Where `Connection` and `Transfer-Encoding` are in [`HOP_BY_HOP`].
+/// Where `Connection`, `Transfer-Encoding` and `TE` are in [`HOP_BY_HOP`].
 const CONNECTION_AT: usize = 0;
 const TRANSFER_ENCODING_AT: usize = 3;
+const TE_AT: usize = 5;
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Names nominated by `Connection` (lower-cased; unparseable tokens are ignored).
-fn connection_nominated(h: &HeaderMap) -> Vec<HeaderName> {
+/// The connection options `Connection` lists, trimmed, empty ones skipped.
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     // Split the raw bytes: one non-ASCII byte elsewhere in the value must not hide the names
     // it lists (found by fuzz_header_translate).
     h.get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-        .collect()
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether `Connection` nominates a field other than the hop-by-hop ones (`close` names
 /// none): the translation for the origin would then remove an end-to-end field. Browsers send
-/// `Connection: keep-alive`, which removes nothing the cache reads.
+/// `Connection: keep-alive`, which removes nothing the cache reads. Tokens that are not field
+/// names are ignored.
 pub fn nominates_end_to_end(h: &HeaderMap) -> bool {
-    connection_nominated(h)
-        .iter()
-        .any(|n| n.as_str() != "close" && !HOP_BY_HOP.contains(n))
+    connection_tokens(h).any(|t| {
+        !t.eq_ignore_ascii_case(b"close")
+            && !HOP_BY_HOP
+                .iter()
+                .any(|n| t.eq_ignore_ascii_case(n.as_str().as_bytes()))
+            && HeaderName::from_bytes(t).is_ok()
+    })
 }
 
 /// Removes hop-by-hop fields and those `Connection` nominates. `keep_te_trailers` keeps a
@@ -124,6 +130,7 @@ fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
         return;
     }
     let te_trailers = keep_te_trailers
+        && seen.hop[TE_AT]
         && h.get_all(header::TE).iter().any(|v| {
             v.to_str()
                 .map(|s| {
@@ -133,7 +140,15 @@ fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
                 .unwrap_or(false)
         });
     if seen.hop[CONNECTION_AT] {
-        for name in connection_nominated(h) {
+        // The fields present whose names `Connection` lists (names are lower case, tokens
+        // compare without case): `Connection: close` names no field, so it costs no name
+        // parsing and no removal.
+        let nominated: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| connection_tokens(h).any(|t| t.eq_ignore_ascii_case(k.as_str().as_bytes())))
+            .cloned()
+            .collect();
+        for name in nominated {
             h.remove(&name);
         }
     }
@@ -278,6 +293,7 @@ mod tests {
     fn seen_flags_name_the_right_fields() {
         assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
         assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
+        assert_eq!(HOP_BY_HOP[TE_AT], header::TE);
         let s = Seen::scan(&map(&[("host", "a"), ("content-length", "3")]));
         assert!(!s.connection() && !s.transfer_encoding() && s.content_length());
         let s = Seen::scan(&map(&[
@@ -352,6 +368,35 @@ mod tests {
         assert_eq!(out["x-end-to-end"], "kept");
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(out["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn nominated_fields_go_with_every_value_and_others_stay() {
+        // A field named like an option (`close`) is nominated too; a second `Connection`
+        // field and a non-ASCII byte elsewhere in a value hide nothing.
+        let mut h = map(&[
+            ("connection", "close"),
+            ("close", "x"),
+            ("x-twice", "1"),
+            ("x-twice", "2"),
+            ("x-kept", "k"),
+        ]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"\xff, X-TWICE ,,").unwrap(),
+        );
+        let out = request_to_origin(h, &xff("127.0.0.1"), false);
+        for gone in ["connection", "close", "x-twice"] {
+            assert!(!out.contains_key(gone), "{gone} forwarded");
+        }
+        assert_eq!(out["x-kept"], "k");
+        // `Connection: close` alone removes only itself.
+        let out = request_to_origin(
+            map(&[("connection", "close"), ("x-kept", "k")]),
+            &xff("127.0.0.1"),
+            false,
+        );
+        assert_eq!(out.len(), 3, "{out:?}");
     }
 
     #[test]
