@@ -1129,7 +1129,14 @@ impl Body for H2Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.as_ref().is_none_or(|r| r.is_end_stream())
+        match &self.recv {
+            None => true,
+            // Bytes still due by `Content-Length`: not the end (h2 fails a stream that ends
+            // short), told without taking the connection's stream lock, as asking h2 does.
+            // hyper asks several times per response.
+            Some(_) if self.length.is_some_and(|n| self.received < n) => false,
+            Some(r) => r.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
