@@ -92,17 +92,23 @@ impl Seen {
             forwarded_for: false,
             content_length: false,
         };
+        // A match on the name's text (by length, then bytes) instead of eleven name
+        // comparisons per field: 541 -> 206 instructions per request (bench/callgrind.sh).
+        // `seen_flags_name_the_right_fields` checks the arms against the named constants.
         for k in h.keys() {
-            if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
-                s.hop[i] = true;
-            } else if k == header::HOST {
-                s.host = true;
-            } else if k == header::CONTENT_LENGTH {
-                s.content_length = true;
-            } else if k == header::EXPECT {
-                s.expect = true;
-            } else if k == X_FORWARDED_FOR {
-                s.forwarded_for = true;
+            match k.as_str() {
+                "connection" => s.hop[0] = true,
+                "keep-alive" => s.hop[1] = true,
+                "proxy-connection" => s.hop[2] = true,
+                "transfer-encoding" => s.hop[3] = true,
+                "upgrade" => s.hop[4] = true,
+                "te" => s.hop[5] = true,
+                "http2-settings" => s.hop[6] = true,
+                "host" => s.host = true,
+                "content-length" => s.content_length = true,
+                "expect" => s.expect = true,
+                "x-forwarded-for" => s.forwarded_for = true,
+                _ => {}
             }
         }
         s
@@ -291,6 +297,29 @@ mod tests {
 
     #[test]
     fn seen_flags_name_the_right_fields() {
+        // Each hop-by-hop name sets its own flag and no other.
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            let s = Seen::scan(&h);
+            let mut want = [false; HOP_BY_HOP.len()];
+            want[i] = true;
+            assert_eq!(s.hop, want, "{name}");
+            assert!(!s.host && !s.expect && !s.forwarded_for && !s.content_length);
+        }
+        for (name, flag) in [
+            (header::HOST, (|s: &Seen| s.host) as fn(&Seen) -> bool),
+            (header::EXPECT, |s: &Seen| s.expect),
+            (header::CONTENT_LENGTH, |s: &Seen| s.content_length),
+            (X_FORWARDED_FOR.clone(), |s: &Seen| s.forwarded_for),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            let s = Seen::scan(&h);
+            let others = [s.host, s.expect, s.content_length, s.forwarded_for];
+            assert!(flag(&s) && !s.hop.contains(&true), "{name}");
+            assert_eq!(others.iter().filter(|b| **b).count(), 1, "{name}");
+        }
         assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
         assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
         assert_eq!(HOP_BY_HOP[TE_AT], header::TE);
