@@ -22,6 +22,13 @@ impl HostPattern {
         if p == "*" {
             return Ok(HostPattern::Any);
         }
+        // A request's host is printable ASCII (hyper's `Authority`), so a pattern with any
+        // other byte could never match: an internationalised name goes in its punycode form.
+        if !p.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "invalid host pattern {p:?}: only printable ASCII (write an internationalised name in punycode)"
+            ));
+        }
         if let Some(rest) = p.strip_prefix("*.") {
             if rest.is_empty() || rest.contains('*') || normalize_host(rest) != rest {
                 return Err(format!("invalid host pattern {p:?}"));
@@ -101,8 +108,8 @@ impl Router {
 pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     // Byte scans rather than `rfind`/`trim_end_matches` with char patterns: this runs twice
     // per request and the pattern machinery cost ~270 instructions a call (callgrind).
-    // ASCII whitespace only: a Host is ASCII (an `Authority` holds no other byte), and the
-    // Unicode-aware `trim` decodes characters.
+    // ASCII whitespace only, which is cheaper than the Unicode-aware `trim`: a request's host
+    // is printable ASCII (an `Authority`) and host patterns are refused with any other byte.
     let h = host.trim_ascii();
     let b = h.as_bytes();
     let mut end = if b.first() == Some(&b'[') {
@@ -165,6 +172,10 @@ mod tests {
             "app.example.com:8443",
             "*.example.com.",
             ":.",
+            "é.example.com",
+            "*.\u{a0}example.com",
+            "a\u{b}b.example.com",
+            "*.a b",
         ] {
             assert!(HostPattern::parse(p).is_err(), "{p}");
         }

@@ -490,6 +490,16 @@ async fn h2_over_tls_streams_bodies_trailers() {
     assert_eq!((r.status, r.body.len()), (StatusCode::OK, 0));
     let r = get(&h2, "/status/204").await.unwrap();
     assert_eq!((r.status, r.body.len()), (StatusCode::NO_CONTENT, 0));
+    // No content but a declared length, END_STREAM on the origin's HEADERS: the client's
+    // HEADERS must end the stream too (h2 refuses an empty DATA frame after a non-zero
+    // Content-Length as an underflow).
+    for (path, status) in [
+        ("/declared/304", StatusCode::NOT_MODIFIED),
+        ("/declared/204", StatusCode::NO_CONTENT),
+    ] {
+        let r = get(&h2, path).await.expect(path);
+        assert_eq!((r.status, r.body.len()), (status, 0), "{path}");
+    }
 
     // 670 requests over 21 client connections; the origin saw a few connections, one full
     // handshake.

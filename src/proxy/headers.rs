@@ -146,14 +146,23 @@ fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
                 .unwrap_or(false)
         });
     if seen.hop[CONNECTION_AT] {
-        // The fields present whose names `Connection` lists (names are lower case, tokens
-        // compare without case): `Connection: close` names no field, so it costs no name
-        // parsing and no removal.
-        let nominated: Vec<HeaderName> = h
-            .keys()
-            .filter(|k| connection_tokens(h).any(|t| t.eq_ignore_ascii_case(k.as_str().as_bytes())))
-            .cloned()
-            .collect();
+        let listed: usize = h.get_all(header::CONNECTION).iter().map(|v| v.len()).sum();
+        let nominated: Vec<HeaderName> = if listed <= 64 {
+            // A short list (`close`, `keep-alive`, `Upgrade, HTTP2-Settings`): matched against
+            // the fields present (names are lower case, tokens compare without case), so
+            // `Connection: close` costs no name parsing and no removal.
+            h.keys()
+                .filter(|k| {
+                    connection_tokens(h).any(|t| t.eq_ignore_ascii_case(k.as_str().as_bytes()))
+                })
+                .cloned()
+                .collect()
+        } else {
+            // A long one: each option parsed once (the match above costs fields × bytes).
+            connection_tokens(h)
+                .filter_map(|t| HeaderName::from_bytes(t).ok())
+                .collect()
+        };
         for name in nominated {
             h.remove(&name);
         }
@@ -418,6 +427,15 @@ mod tests {
         for gone in ["connection", "close", "x-twice"] {
             assert!(!out.contains_key(gone), "{gone} forwarded");
         }
+        assert_eq!(out["x-kept"], "k");
+        // A list too long to match field by field: options parsed one by one.
+        let long = format!("{}, X-Far", "x-absent, ".repeat(10));
+        let out = request_to_origin(
+            map(&[("connection", &long), ("x-far", "1"), ("x-kept", "k")]),
+            &xff("127.0.0.1"),
+            false,
+        );
+        assert!(!out.contains_key("x-far") && !out.contains_key("connection"));
         assert_eq!(out["x-kept"], "k");
         // `Connection: close` alone removes only itself.
         let out = request_to_origin(

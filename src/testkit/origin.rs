@@ -10,6 +10,7 @@
 //! - `/headers`: answers with the request's header names, one `name: value` per line, and
 //!   `:authority`/`host` in `x-seen-authority`.
 //! - `/status/N`: answers status N.
+//! - `/declared/N`: status N (204 or 304) with `Content-Length: 5` and no content.
 //! - `/delay/MS`: waits MS milliseconds, then answers.
 //! - `/trailers`: a body followed by a trailer `x-trailer: done`.
 //! - `/cc/VALUE`: `Cache-Control: VALUE` (percent-decoded), `ETag: "v1"`, body `n=<requests>`;
@@ -427,6 +428,19 @@ async fn respond(req: Request<Incoming>, cfg: &OriginBuilder, n: u64) -> Respons
                 },
             ));
             *r.status_mut() = code;
+            r
+        }
+        "declared" => {
+            // No content, yet a declared length (what a 304 or a HEAD answer may carry, RFC
+            // 9110 §8.6): hyper's h2 server puts END_STREAM on the HEADERS frame.
+            let mut r = Response::new(full(""));
+            *r.status_mut() = arg
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::NOT_MODIFIED);
+            r.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
             r
         }
         "delay" => {

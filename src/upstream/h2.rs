@@ -258,8 +258,13 @@ impl H2Conn {
 
     /// Wraps a response body from this connection (its drop obeys the reset budget).
     pub fn body(&self, recv: RecvStream, headers: &HeaderMap) -> H2Body {
+        // A stream that ended with its head (HEAD, 204 and 304 responses may still declare a
+        // length) is over from the start: `is_end_stream` must say so, or hyper would frame
+        // the response as one with content (an empty DATA frame after the HEADERS for an h2
+        // client, which h2 rejects as a content-length underflow).
+        let recv = (!recv.is_end_stream()).then_some(recv);
         H2Body {
-            recv: Some(recv),
+            recv,
             data_done: false,
             length: headers
                 .get(http::header::CONTENT_LENGTH)
@@ -1132,8 +1137,9 @@ impl Body for H2Body {
         match &self.recv {
             None => true,
             // Bytes still due by `Content-Length`: not the end (h2 fails a stream that ends
-            // short), told without taking the connection's stream lock, as asking h2 does.
-            // hyper asks several times per response.
+            // short; one that ended with its head has no `recv`), told without taking the
+            // connection's stream lock, as asking h2 does. hyper asks several times per
+            // response.
             Some(_) if self.length.is_some_and(|n| self.received < n) => false,
             Some(r) => r.is_end_stream(),
         }
