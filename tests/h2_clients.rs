@@ -414,6 +414,10 @@ async fn assert_closed_once(gw: &Gateway, reason: &str) {
         m = metrics(gw);
     }
     assert_eq!(metric_value(&m, &series), Some(1.0), "{m}");
+    // A second count would trail the first by as little: look again a moment later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = metrics(gw);
+    assert_eq!(metric_value(&m, &series), Some(1.0), "{m}");
 }
 
 // ---------------------------------------------------------------------------------------------
