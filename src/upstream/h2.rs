@@ -178,7 +178,9 @@ impl Drop for PendingResponse {
 pub struct H2Conn {
     /// Pool-unique id, logged as the upstream connection id.
     pub id: u64,
-    sender: SendRequest<Bytes>,
+    /// Shared by the requests that use the connection, which send on it under the lock:
+    /// a clone per request cost two more locks of h2's stream state (and `ready` a third).
+    sender: Mutex<SendRequest<Bytes>>,
     ctl: Arc<ConnCtl>,
     created: Instant,
     resumed: Option<bool>,
@@ -203,12 +205,12 @@ const RETIRE_GRACE: Duration = Duration::from_secs(10);
 impl H2Conn {
     /// Opens a stream for `head` and starts sending `body` (`None`: END_STREAM with the headers).
     /// An error here means nothing was sent; the body comes back with it.
-    pub async fn start(
+    pub fn start(
         &self,
         head: Request<()>,
         body: Option<UpBody>,
     ) -> Result<(PendingResponse, Option<PumpGuard>), (h2::Error, Option<UpBody>)> {
-        let (response, stream) = match self.open(head, body.is_none()).await {
+        let (response, stream) = match self.open(head, body.is_none()) {
             Ok(x) => x,
             Err(e) => return Err((e, body)),
         };
@@ -224,18 +226,28 @@ impl H2Conn {
 
     /// Opens a stream (its HEADERS end the stream when `end_of_stream`). An error here means
     /// nothing was sent.
-    async fn open(
+    fn open(
         &self,
         head: Request<()>,
         end_of_stream: bool,
     ) -> Result<(PendingResponse, SendStream<Bytes>), h2::Error> {
-        let mut sender = self.sender.clone().ready().await?;
+        let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         let (response, stream) = sender.send_request(head, end_of_stream)?;
-        let response = PendingResponse {
+        // When h2 had to queue that stream (the origin's SETTINGS_MAX_CONCURRENT_STREAMS
+        // reached and its queue full), the sender now refuses the next request until the
+        // stream opens: a fresh clone starts clear, so the shared sender never waits.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if sender.poll_ready(&mut cx).is_pending() {
+            *sender = sender.clone();
+        }
+        Ok((self.pending(response), stream))
+    }
+
+    fn pending(&self, response: h2::client::ResponseFuture) -> PendingResponse {
+        PendingResponse {
             fut: Some(response),
             ctl: self.ctl.clone(),
-        };
-        Ok((response, stream))
+        }
     }
 
     /// Whether the origin advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` on this connection
@@ -243,7 +255,10 @@ impl H2Conn {
     /// unless the server has sent this setting"). Known once the peer's SETTINGS were read,
     /// which the pool waits for before publishing a connection.
     pub fn extended_connect(&self) -> bool {
-        self.sender.is_extended_connect_protocol_enabled()
+        self.sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_extended_connect_protocol_enabled()
     }
 
     /// Opens a stream for an extended CONNECT (RFC 8441 §4) and keeps its send half open: the
@@ -253,7 +268,7 @@ impl H2Conn {
         &self,
         head: Request<()>,
     ) -> Result<(PendingResponse, SendStream<Bytes>), h2::Error> {
-        self.open(head, false).await
+        self.open(head, false)
     }
 
     /// Wraps a response body from this connection (its drop obeys the reset budget).
@@ -810,7 +825,7 @@ async fn connect(
     let h2c = Arc::new(H2Conn {
         id,
         _retire: retire_tx,
-        sender,
+        sender: Mutex::new(sender),
         ctl: ctl.clone(),
         created: Instant::now(),
         resumed: c.resumed,

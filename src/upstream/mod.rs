@@ -641,7 +641,7 @@ impl OriginPool {
         let conn_id = lease.conn().id;
         let body = (!body.is_end_stream()).then_some(body);
         let attempt = async {
-            let (response, pump) = match lease.conn().start(head, body).await {
+            let (response, pump) = match lease.conn().start(head, body) {
                 Ok(r) => r,
                 Err((e, body)) if e.is_go_away() || e.is_io() => {
                     // Nothing was sent: the connection is closing (GOAWAY) or broken.
