@@ -1133,6 +1133,12 @@ impl Body for H2Body {
                 Poll::Ready(Some(Ok(d))) => {
                     let _ = recv.flow_control().release_capacity(d.len());
                     this.received += d.len() as u64;
+                    // The declared length complete and END_STREAM already in (the usual last
+                    // DATA frame): done with the stream now, so what follows (hyper asks
+                    // `is_end_stream` twice, then the drop) takes no lock of h2's state.
+                    if this.length.is_some_and(|n| this.received >= n) && recv.is_end_stream() {
+                        this.recv = None;
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
