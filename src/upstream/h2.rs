@@ -233,9 +233,10 @@ impl H2Conn {
     ) -> Result<(PendingResponse, SendStream<Bytes>), h2::Error> {
         let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         let (response, stream) = sender.send_request(head, end_of_stream)?;
-        // When h2 had to queue that stream (the origin's SETTINGS_MAX_CONCURRENT_STREAMS
-        // reached and its queue full), the sender now refuses the next request until the
-        // stream opens: a fresh clone starts clear, so the shared sender never waits.
+        // When this stream reached the origin's SETTINGS_MAX_CONCURRENT_STREAMS (h2 queues
+        // every new stream until its connection task runs), h2 makes the sender refuse the
+        // next request until the stream opens: a fresh clone starts clear, so the shared
+        // sender never waits. (`poll_ready` itself takes one lock of h2's state.)
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if sender.poll_ready(&mut cx).is_pending() {
             *sender = sender.clone();
@@ -320,7 +321,8 @@ struct Slot {
     idle_since: Instant,
     /// When `max_connection_age` (with jitter) retires this connection.
     expires: Option<Instant>,
-    /// Past its age: serves only until its replacement is up, then closes for new streams.
+    /// Past its age or near the end of its stream ids (`due_to_retire`): serves only until
+    /// its replacement is up, then closes for new streams.
     retiring: bool,
 }
 
@@ -953,7 +955,13 @@ async fn reaper(weak: Weak<Shared>) {
             .retain(|slot| !(slot.in_flight == 0 && slot.idle_since.elapsed() >= timeout));
         let mut retiring = false;
         for slot in st.slots.iter_mut() {
-            if slot.expires.is_some_and(|e| now >= e) && !slot.conn.is_closed() {
+            let served = slot.conn.served.load(Ordering::Relaxed);
+            if !slot.retiring && !slot.conn.is_closed() && due_to_retire(slot.expires, served, now)
+            {
+                if served >= STREAM_ID_BUDGET {
+                    tracing::info!(origin = %s.origin, upstream_conn = slot.conn.id, served,
+                        "origin connection nearly out of stream ids: replacing it");
+                }
                 slot.retiring = true;
                 retiring = true;
             }
@@ -963,6 +971,18 @@ async fn reaper(weak: Weak<Shared>) {
             s.maybe_dial(&mut st);
         }
     }
+}
+
+/// Streams a connection may start before it is replaced. A client has 2^30 stream ids (odd,
+/// below 2^31; RFC 9113 §5.1.1), after which h2 refuses every new request on it; the margin
+/// covers the requests started between two passes of the reaper (at most 5 s apart) at any
+/// rate this gateway reaches.
+const STREAM_ID_BUDGET: u64 = (1 << 30) - (1 << 24);
+
+/// Whether a connection is due to be replaced: past its `max_connection_age`, or near the end
+/// of its stream ids (`served` counts its leases, one per stream it started).
+fn due_to_retire(expires: Option<Instant>, served: u64, now: Instant) -> bool {
+    expires.is_some_and(|e| now >= e) || served >= STREAM_ID_BUDGET
 }
 
 /// PINGs the peer every `interval`; returns when an answer takes longer than `timeout`
@@ -1171,5 +1191,27 @@ impl Body for H2Body {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_retire_by_age_or_before_their_stream_ids_run_out() {
+        let now = Instant::now();
+        assert!(!due_to_retire(None, 0, now));
+        assert!(!due_to_retire(
+            Some(now + Duration::from_secs(1)),
+            STREAM_ID_BUDGET - 1,
+            now
+        ));
+        assert!(due_to_retire(Some(now), 0, now));
+        assert!(due_to_retire(None, STREAM_ID_BUDGET, now));
+        // The margin outlasts a reaper period (5 s at most) at a million requests a second,
+        // and the budget stays below the 2^30 ids a client has.
+        let margin = (1u64 << 30) - STREAM_ID_BUDGET;
+        assert!(margin > 5 * 1_000_000, "{margin}");
     }
 }
