@@ -241,14 +241,11 @@ impl H2Conn {
         if sender.poll_ready(&mut cx).is_pending() {
             *sender = sender.clone();
         }
-        Ok((self.pending(response), stream))
-    }
-
-    fn pending(&self, response: h2::client::ResponseFuture) -> PendingResponse {
-        PendingResponse {
+        let response = PendingResponse {
             fut: Some(response),
             ctl: self.ctl.clone(),
-        }
+        };
+        Ok((response, stream))
     }
 
     /// Whether the origin advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` on this connection
@@ -265,7 +262,7 @@ impl H2Conn {
     /// Opens a stream for an extended CONNECT (RFC 8441 §4) and keeps its send half open: the
     /// caller owns the returned `SendStream` for the tunnel's life. An error here means nothing
     /// was sent.
-    pub async fn start_tunnel(
+    pub fn start_tunnel(
         &self,
         head: Request<()>,
     ) -> Result<(PendingResponse, SendStream<Bytes>), h2::Error> {

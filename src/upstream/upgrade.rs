@@ -216,14 +216,10 @@ impl OriginPool {
     ) -> Result<UpgradeOutcome, AttemptErr> {
         let head = extended_connect(out).map_err(AttemptErr::Fail)?;
         let conn_id = lease.conn().id;
-        // One deadline for opening the stream (h2 may hold it until the connection has room)
-        // and for the origin's answer, as for ordinary requests.
+        // Opening the stream never waits (h2 queues it until the connection has room, and
+        // that wait counts against the origin's answer), as for ordinary requests.
         let deadline = tokio::time::Instant::now() + self.response_header_timeout;
-        let started = tokio::time::timeout_at(deadline, lease.conn().start_tunnel(head)).await;
-        let Ok(started) = started else {
-            return Err(AttemptErr::Fail(Error::ResponseTimeout));
-        };
-        let (pending, mut send) = match started {
+        let (pending, mut send) = match lease.conn().start_tunnel(head) {
             Ok(x) => x,
             Err(e) if e.is_go_away() || e.is_io() => {
                 // Nothing was sent: the connection is closing or broken.
