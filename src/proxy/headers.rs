@@ -211,6 +211,27 @@ impl ForwardedFor {
         )
     }
 
+    /// [`ForwardedFor::new`], shared with the thread's previous client connection when that
+    /// came from the same address: behind a load balancer or nginx, every connection does
+    /// (made each time, it cost ~285 instructions and two allocations per connection).
+    pub fn for_peer(ip: IpAddr) -> ForwardedFor {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(IpAddr, ForwardedFor)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some((seen, f)) if *seen == ip => f.clone(),
+                _ => {
+                    let f = ForwardedFor::new(ip);
+                    *last = Some((ip, f.clone()));
+                    f
+                }
+            }
+        })
+    }
+
     fn as_str(&self) -> &str {
         self.0.to_str().unwrap_or("unknown")
     }
@@ -373,6 +394,15 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_connection_gets_its_own_address_whoever_came_before() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::7".parse().unwrap();
+        for ip in [a, a, b, a, b, b] {
+            assert_eq!(ForwardedFor::for_peer(ip).as_str(), ip.to_string());
+        }
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl ClientInfo {
         ClientInfo {
             peer,
             tls,
-            forwarded_for: headers::ForwardedFor::new(peer.ip()),
+            forwarded_for: headers::ForwardedFor::for_peer(peer.ip()),
         }
     }
 }
