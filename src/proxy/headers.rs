@@ -25,9 +25,10 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("http2-settings"),
 ];
 
-/// Where `Connection`, `Transfer-Encoding` and `TE` are in [`HOP_BY_HOP`].
+/// Where `Connection`, `Transfer-Encoding`, `Upgrade` and `TE` are in [`HOP_BY_HOP`].
 const CONNECTION_AT: usize = 0;
 const TRANSFER_ENCODING_AT: usize = 3;
+const UPGRADE_AT: usize = 4;
 const TE_AT: usize = 5;
 
 /// `X-Forwarded-For`.
@@ -128,6 +129,11 @@ impl Seen {
     /// `Transfer-Encoding` is present.
     pub fn transfer_encoding(&self) -> bool {
         self.hop[TRANSFER_ENCODING_AT]
+    }
+
+    /// An `Upgrade` field is present.
+    pub fn upgrade(&self) -> bool {
+        self.hop[UPGRADE_AT]
     }
 
     /// `Content-Length` is present.
@@ -372,6 +378,7 @@ mod tests {
         assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
         assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
         assert_eq!(HOP_BY_HOP[TE_AT], header::TE);
+        assert_eq!(HOP_BY_HOP[UPGRADE_AT], header::UPGRADE);
         let s = Seen::scan(&map(&[("host", "a"), ("content-length", "3")]));
         assert!(!s.connection() && !s.transfer_encoding() && s.content_length());
         let s = Seen::scan(&map(&[

@@ -240,10 +240,12 @@ impl Proxy {
         });
         // One pass over the field names for every check and translation below.
         let seen = headers::Seen::scan(req.headers());
-        let upgrade = if seen.connection() {
+        let upgrade = if seen.connection() && seen.upgrade() {
             upgrade::requested(&req)
         } else {
-            None // no `Connection: upgrade`, no upgrade (RFC 9110 §7.8)
+            // No `Upgrade` or no `Connection: upgrade`, no upgrade (RFC 9110 §7.8); a
+            // `Connection: close` or `keep-alive` costs no look at its options here.
+            None
         };
         let result = match upgrade {
             // Boxed: the upgrade future is large and rare; inline, it would make every
