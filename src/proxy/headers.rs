@@ -87,6 +87,8 @@ pub struct Seen {
     expect: bool,
     forwarded_for: bool,
     content_length: bool,
+    /// A field named `close`: only then does `Connection: close` nominate a field.
+    close: bool,
 }
 
 impl Seen {
@@ -98,6 +100,7 @@ impl Seen {
             expect: false,
             forwarded_for: false,
             content_length: false,
+            close: false,
         };
         // A match on the name's text (by length, then bytes) instead of eleven name
         // comparisons per field: 541 -> 206 instructions per request (bench/callgrind.sh).
@@ -115,6 +118,7 @@ impl Seen {
                 "content-length" => s.content_length = true,
                 "expect" => s.expect = true,
                 "x-forwarded-for" => s.forwarded_for = true,
+                "close" => s.close = true,
                 _ => {}
             }
         }
@@ -163,17 +167,24 @@ fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
         // and matched against the fields present (names are lower case, tokens compare without
         // case, length first): no name parsing, no allocation, and no removal for
         // `Connection: close`. The values are looked up once (~130 instructions a lookup).
+        // Options that name no field but hop-by-hop ones (removed below when `seen` has them)
+        // or `close` while no field has that name need no search: `keep-alive` and `close`,
+        // nearly every `Connection` there is, then cost no pass over the fields.
         let mut few: [&[u8]; 8] = [&[]; 8];
         let mut n = 0;
-        let short = tokens(&values).all(|t| {
-            let fits = n < few.len();
-            if fits {
-                few[n] = t;
-                n += 1;
-            }
-            fits
-        });
-        let nominated: Vec<HeaderName> = if short {
+        let short = tokens(&values)
+            .filter(|t| may_name_other(t, seen))
+            .all(|t| {
+                let fits = n < few.len();
+                if fits {
+                    few[n] = t;
+                    n += 1;
+                }
+                fits
+            });
+        let nominated: Vec<HeaderName> = if short && n == 0 {
+            Vec::new()
+        } else if short {
             let few = &few[..n];
             h.keys()
                 .filter(|k| {
@@ -185,6 +196,7 @@ fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
         } else {
             // A long one: each option parsed once (matching costs fields × options).
             tokens(&values)
+                .filter(|t| may_name_other(t, seen))
                 .filter_map(|t| HeaderName::from_bytes(t).ok())
                 .collect()
         };
@@ -198,6 +210,24 @@ fn strip_seen(h: &mut HeaderMap, seen: &Seen, keep_te_trailers: bool) {
     }
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether the connection option `t` may name a field that [`strip_seen`] does not remove
+/// anyway: not a hop-by-hop name, and not `close` unless a field is called that.
+/// By length, then text (a pass over [`HOP_BY_HOP`]'s names cost ~230 instructions for
+/// `keep-alive`); `option_filter_knows_the_hop_by_hop_names` checks it against that list.
+fn may_name_other(t: &[u8], seen: &Seen) -> bool {
+    let is = |name: &[u8]| t.eq_ignore_ascii_case(name);
+    match t.len() {
+        2 => !is(b"te"),
+        5 if is(b"close") => seen.close,
+        7 => !is(b"upgrade"),
+        10 => !is(b"keep-alive") && !is(b"connection"),
+        14 => !is(b"http2-settings"),
+        16 => !is(b"proxy-connection"),
+        17 => !is(b"transfer-encoding"),
+        _ => true,
     }
 }
 
@@ -351,6 +381,31 @@ mod tests {
     }
 
     #[test]
+    fn option_filter_knows_the_hop_by_hop_names() {
+        let none = Seen::scan(&HeaderMap::new());
+        for name in &HOP_BY_HOP {
+            let upper = name.as_str().to_ascii_uppercase();
+            assert!(!may_name_other(name.as_str().as_bytes(), &none), "{name}");
+            assert!(!may_name_other(upper.as_bytes(), &none), "{upper}");
+        }
+        let with_close = Seen::scan(&map(&[("close", "x")]));
+        assert!(!may_name_other(b"Close", &none));
+        assert!(may_name_other(b"Close", &with_close));
+        for other in [
+            "x-hop",
+            "host",
+            "tf",
+            "closer",
+            "keep-alivE2",
+            "upgradE",
+            "clos",
+        ] {
+            let want = other != "upgradE";
+            assert_eq!(may_name_other(other.as_bytes(), &none), want, "{other}");
+        }
+    }
+
+    #[test]
     fn seen_flags_name_the_right_fields() {
         // Each hop-by-hop name sets its own flag and no other.
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
@@ -360,18 +415,19 @@ mod tests {
             let mut want = [false; HOP_BY_HOP.len()];
             want[i] = true;
             assert_eq!(s.hop, want, "{name}");
-            assert!(!s.host && !s.expect && !s.forwarded_for && !s.content_length);
+            assert!(!s.host && !s.expect && !s.forwarded_for && !s.content_length && !s.close);
         }
         for (name, flag) in [
             (header::HOST, (|s: &Seen| s.host) as fn(&Seen) -> bool),
             (header::EXPECT, |s: &Seen| s.expect),
             (header::CONTENT_LENGTH, |s: &Seen| s.content_length),
             (X_FORWARDED_FOR.clone(), |s: &Seen| s.forwarded_for),
+            (HeaderName::from_static("close"), |s: &Seen| s.close),
         ] {
             let mut h = HeaderMap::new();
             h.insert(name.clone(), HeaderValue::from_static("x"));
             let s = Seen::scan(&h);
-            let others = [s.host, s.expect, s.content_length, s.forwarded_for];
+            let others = [s.host, s.expect, s.content_length, s.forwarded_for, s.close];
             assert!(flag(&s) && !s.hop.contains(&true), "{name}");
             assert_eq!(others.iter().filter(|b| **b).count(), 1, "{name}");
         }
@@ -504,6 +560,34 @@ mod tests {
             false,
         );
         assert_eq!(out.len(), 3, "{out:?}");
+        // Options naming hop-by-hop fields, in any case, need no search of the other fields
+        // and still take those fields with them; `CLOSE` takes a field named `close`; a
+        // nominated `TE: trailers` is still passed on to an HTTP/2 origin.
+        let out = request_to_origin(
+            map(&[
+                ("connection", "Keep-Alive, TE, CLOSE"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("close", "x"),
+                ("x-kept", "k"),
+            ]),
+            &xff("127.0.0.1"),
+            false,
+        );
+        for gone in ["connection", "keep-alive", "close"] {
+            assert!(!out.contains_key(gone), "{gone} forwarded");
+        }
+        assert_eq!(out["te"], "trailers");
+        assert_eq!(out["x-kept"], "k");
+        // Every option a hop-by-hop name or `close`: nothing else goes.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "Close"),
+            ("x-kept", "k"),
+            ("server", "s"),
+        ]);
+        response_to_client(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     #[test]
