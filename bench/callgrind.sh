@@ -10,6 +10,8 @@
 #   GATEWAY_EXTRA=$'[cache]\nenabled = true' bench/callgrind.sh 20000 50 /cached/1024   cache hits
 #   LOAD_ARGS=--close bench/callgrind.sh 20000 50    a new client connection per request
 #   ORIGIN_ARGS=--h1-only bench/callgrind.sh 20000 50  HTTP/1.1 keep-alive pool to the origin
+#   ORIGIN=nginx bench/callgrind.sh 20000 200   nginx as the origin (installed if missing): a real
+#                        origin's response fields, which the test kit's leave out (bench/lib.sh)
 # Needs valgrind (apt-get install valgrind). Loopback only; stops everything it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -23,12 +23,76 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# The test-kit origin (TLS, ALPN h2 + http/1.1; writes ca.pem into $dir); sets oport.
-"${ORIGIN_BIN:-$bin}" origin --dir "$dir" ${ORIGIN_ARGS:-} >"$dir/origin.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
-oport=$(awk '/listening/ {print $2}' "$dir/origin.out")
-oport=${oport##*:}
+# nginx as the origin (ORIGIN=nginx): TLS, ALPN h2 + http/1.1 (http/1.1 only with
+# ORIGIN_ARGS=--h1-only), the same paths as the test kit's for 1 KiB (/bytes/1024, and
+# /cached/1024 with max-age=3600). Its responses carry what a real origin's do (Server, Date,
+# Content-Type, Last-Modified, ETag, Accept-Ranges; over h2 as literals that it does not add to
+# the HPACK table, so the gateway decodes every one), where the test kit's carry three fields
+# that HPACK indexes after the first response. Writes ca.pem into $dir; sets oport.
+nginx_origin() {
+    command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
+    command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+    mkdir -p "$dir/www/bytes" "$dir/www/cached" "$dir/nginx"
+    head -c 1024 /dev/urandom >"$dir/www/bytes/1024"
+    cp "$dir/www/bytes/1024" "$dir/www/cached/1024"
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 2 \
+        -subj "/CN=bench CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=localhost" \
+        -keyout "$dir/key.pem" -out "$dir/cert.csr" 2>/dev/null
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$dir/ext.cnf"
+    openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 2 -extfile "$dir/ext.cnf" -out "$dir/cert.pem" 2>/dev/null
+    oport=$(free_port)
+    local h2=http2
+    [[ ${ORIGIN_ARGS:-} == *--h1-only* ]] && h2=
+    local n=$dir/nginx
+    cat >"$n/nginx.conf" <<NGINX
+$([[ $(id -u) == 0 ]] && echo "user root;")
+worker_processes 1;
+pid $n/nginx.pid;
+error_log $n/error.log warn;
+events { worker_connections 4096; }
+http {
+  default_type application/octet-stream;
+  client_body_temp_path $n/tb; proxy_temp_path $n/tp; fastcgi_temp_path $n/tf;
+  uwsgi_temp_path $n/tu; scgi_temp_path $n/ts;
+  access_log off;
+  open_file_cache max=16 inactive=600s;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  http2_max_concurrent_streams 128;
+  ssl_certificate $dir/cert.pem;
+  ssl_certificate_key $dir/key.pem;
+  ssl_session_cache shared:SSL:10m;
+  server {
+    listen 127.0.0.1:$oport ssl $h2;
+    root $dir/www;
+    location /cached/ { add_header Cache-Control "max-age=3600"; }
+  }
+}
+NGINX
+    nginx -e "$n/error.log" -p "$n/" -c "$n/nginx.conf" -g 'daemon off;' 2>>"$n/error.log" &
+    pids+=($!)
+    for _ in $(seq 100); do
+        [[ -n $(ss -Hltn "sport = :$oport" 2>/dev/null) ]] && return 0
+        sleep 0.1
+    done
+    echo "nginx origin did not start: $(cat "$n/error.log")" >&2
+    return 1
+}
+
+if [[ ${ORIGIN:-testkit} == nginx ]]; then
+    nginx_origin
+else
+    # The test-kit origin (TLS, ALPN h2 + http/1.1; writes ca.pem into $dir); sets oport.
+    "${ORIGIN_BIN:-$bin}" origin --dir "$dir" ${ORIGIN_ARGS:-} >"$dir/origin.out" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do grep -q listening "$dir/origin.out" 2>/dev/null && break; sleep 0.1; done
+    oport=$(awk '/listening/ {print $2}' "$dir/origin.out")
+    oport=${oport##*:}
+fi
 
 # gateway_config PORT [EXTRA_TOP_LEVEL_TABLES]: writes $dir/gw.toml, one origin for every host.
 # GATEWAY_TOP=$'runtime = "work-stealing"' adds top-level keys (before the first table).
