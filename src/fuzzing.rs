@@ -534,6 +534,7 @@ fn fuzz_request(post: bool, body: u8, i: usize) -> Outgoing {
             authority: Authority::from_static("app.fuzz"),
             path_and_query: path,
             headers,
+            host_field: false,
         },
         body,
     }

@@ -177,6 +177,22 @@ async fn host_is_preserved_as_authority() {
                 Up::H2 => assert!(values(&seen, "host").is_empty(), "{seen:?}"),
                 Up::H1 => assert_eq!(values(&seen, "host"), ["shop.example.test:8080"]),
             }
+            // `Connection` naming Host (or any field) takes the client's field away; the
+            // origin still gets the authority, once.
+            for extra in [
+                "Connection: Host\r\n",
+                "Connection: x-other\r\nX-Other: 1\r\n",
+            ] {
+                let r = headers_seen(s.addr, "shop.example.test:8080", extra).await;
+                assert_eq!(r.status, 200, "{up:?} {extra:?}");
+                let got = crate::seen(&r.text());
+                let want: &[&str] = match up {
+                    Up::H2 => &[],
+                    Up::H1 => &["shop.example.test:8080"],
+                };
+                assert_eq!(values(&got, "host"), want, "{up:?} {extra:?}");
+                assert!(values(&got, "x-other").is_empty(), "{up:?} {extra:?}");
+            }
 
             // Absolute-form target: its authority wins over Host (RFC 9112 §3.2.2).
             let mut c = RawConn::connect(s.addr).await;

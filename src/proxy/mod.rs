@@ -358,16 +358,23 @@ impl Proxy {
                 read = Some(variants);
             }
         }
+        // The client's Host can go to an HTTP/1.1 origin as it is when it is what the
+        // authority is made from: not an absolute-form target's, not `host_header`.
+        let keep_host =
+            route.host_header.is_none() && parts.uri.authority().is_none() && pool.speaks_h1();
+        let (headers, host_field) = headers::request_to_origin_seen(
+            parts.headers,
+            seen,
+            &client.forwarded_for,
+            client.tls,
+            keep_host,
+        );
         let head = OutHead {
             method: parts.method,
             authority: route.host_header.clone().unwrap_or(host),
             path_and_query,
-            headers: headers::request_to_origin_seen(
-                parts.headers,
-                seen,
-                &client.forwarded_for,
-                client.tls,
-            ),
+            headers,
+            host_field,
         };
         if let Some((c, key)) = &cache_key {
             let cacheable = c.methods.contains(&head.method)

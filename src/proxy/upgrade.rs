@@ -175,6 +175,7 @@ impl Proxy {
                 .cloned()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
             headers: headers::request_to_origin(parts.headers, &client.forwarded_for, client.tls),
+            host_field: false,
         };
         let out = UpgradeRequest {
             head,

@@ -242,6 +242,9 @@ pub struct OutHead {
     pub path_and_query: PathAndQuery,
     /// End-to-end request headers.
     pub headers: HeaderMap,
+    /// `headers` holds one `Host` field whose text is `authority` (the client's own, kept for
+    /// an HTTP/1.1 origin): sent as it is over HTTP/1.1, left out over HTTP/2.
+    pub host_field: bool,
 }
 
 impl Outgoing {
@@ -280,12 +283,18 @@ impl OutHead {
             uri.path_and_query = Some(self.path_and_query.clone());
             *req.uri_mut() =
                 Uri::from_parts(uri).map_err(|_| Error::BadRequest("invalid request target"))?;
+            if self.host_field {
+                // The pool turned to HTTP/2 after the head was made (RFC 9113 §8.3.1).
+                req.headers_mut().remove(http::header::HOST);
+            }
         } else {
             *req.version_mut() = Version::HTTP_11;
             *req.uri_mut() = Uri::from(self.path_and_query.clone());
-            let host = HeaderValue::from_str(self.authority.as_str())
-                .map_err(|_| Error::BadRequest("invalid host"))?;
-            req.headers_mut().insert(http::header::HOST, host);
+            if !self.host_field {
+                let host = HeaderValue::from_str(self.authority.as_str())
+                    .map_err(|_| Error::BadRequest("invalid host"))?;
+                req.headers_mut().insert(http::header::HOST, host);
+            }
         }
         Ok(req)
     }
@@ -518,6 +527,12 @@ impl OriginPool {
     /// Per-origin metric handles.
     pub fn metrics(&self) -> &OriginMetrics {
         &self.metrics
+    }
+
+    /// Requests go to the origin over HTTP/1.1 now (configured, or learned from ALPN); it may
+    /// change before the next attempt.
+    pub fn speaks_h1(&self) -> bool {
+        self.h2.is_none() || self.use_h1.load(Ordering::Acquire)
     }
 
     /// `h2`, `http/1.1`, or `unknown` before the first connection.
@@ -763,4 +778,50 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(headers: &[(&'static str, &'static str)], host_field: bool) -> OutHead {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        OutHead {
+            method: Method::GET,
+            authority: Authority::from_static("a.test:8080"),
+            path_and_query: PathAndQuery::from_static("/x?y"),
+            headers: h,
+            host_field,
+        }
+    }
+
+    fn hosts<B>(r: &Request<B>) -> Vec<&str> {
+        r.headers()
+            .get_all(http::header::HOST)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    }
+
+    /// A kept client `Host` goes to an HTTP/1.1 origin as it is and never with `:authority`;
+    /// without one, HTTP/1.1 gets the authority added, once.
+    #[test]
+    fn host_goes_once_over_http1_and_never_over_h2() {
+        let kept = head(&[("host", "a.test:8080"), ("x-a", "1")], true);
+        let h1 = kept.request((), false).unwrap();
+        assert_eq!(hosts(&h1), ["a.test:8080"]);
+        assert_eq!(h1.uri(), "/x?y");
+        let h2 = kept.request((), true).unwrap();
+        assert!(hosts(&h2).is_empty());
+        assert_eq!(h2.uri(), "https://a.test:8080/x?y");
+        assert_eq!(h2.headers()["x-a"], "1");
+        let bare = head(&[("x-a", "1")], false);
+        assert_eq!(hosts(&bare.request((), false).unwrap()), ["a.test:8080"]);
+        assert!(hosts(&bare.request((), true).unwrap()).is_empty());
+        // The head stays whole for the next attempt.
+        assert_eq!(kept.headers.len(), 2);
+    }
 }

@@ -557,6 +557,7 @@ mod tests {
             authority: Authority::from_static("a.test"),
             path_and_query: PathAndQuery::from_static("/chat?room=1"),
             headers,
+            host_field: false,
         };
         let r = extended_connect(&head).unwrap();
         assert_eq!(r.method(), Method::CONNECT);
