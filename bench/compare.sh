@@ -244,16 +244,8 @@ wait_listen() {
 # --- test CA, certificate, origin files ---------------------------------------------------------
 pki=$work/pki
 mkdir -p "$pki" "$work/www" "$work/origin"
-openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 2 \
-  -subj "/CN=muxgate compare test CA" -addext "basicConstraints=critical,CA:TRUE" \
-  -addext "keyUsage=critical,keyCertSign,cRLSign" \
-  -keyout "$pki/ca.key" -out "$pki/ca.pem" 2>/dev/null
-openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=$SNI" \
-  -keyout "$pki/key.pem" -out "$pki/cert.csr" 2>/dev/null
-printf '%s\n' "subjectAltName=DNS:$SNI,DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
-  "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$pki/ext.cnf"
-openssl x509 -req -in "$pki/cert.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
-  -days 2 -extfile "$pki/ext.cnf" -out "$pki/cert.pem" 2>/dev/null
+source bench/pki.sh
+test_pki "$pki" "$SNI" "DNS:$SNI,DNS:localhost,IP:127.0.0.1"
 CA=$pki/ca.pem
 head -c 1024 /dev/urandom >"$work/www/1k.bin"
 head -c 102400 /dev/urandom >"$work/www/100k.bin"

@@ -35,15 +35,8 @@ nginx_origin() {
     mkdir -p "$dir/www/bytes" "$dir/www/cached" "$dir/nginx"
     head -c 1024 /dev/urandom >"$dir/www/bytes/1024"
     cp "$dir/www/bytes/1024" "$dir/www/cached/1024"
-    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 2 \
-        -subj "/CN=bench CA" -addext "basicConstraints=critical,CA:TRUE" \
-        -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
-    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=localhost" \
-        -keyout "$dir/key.pem" -out "$dir/cert.csr" 2>/dev/null
-    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
-        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$dir/ext.cnf"
-    openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
-        -days 2 -extfile "$dir/ext.cnf" -out "$dir/cert.pem" 2>/dev/null
+    source "$(dirname "${BASH_SOURCE[0]}")/pki.sh"
+    test_pki "$dir" localhost "DNS:localhost,IP:127.0.0.1"
     oport=$(free_port)
     local h2=http2
     [[ ${ORIGIN_ARGS:-} == *--h1-only* ]] && h2=
