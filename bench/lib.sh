@@ -26,9 +26,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # nginx as the origin (ORIGIN=nginx): TLS, ALPN h2 + http/1.1 (http/1.1 only with
 # ORIGIN_ARGS=--h1-only), the same paths as the test kit's for 1 KiB (/bytes/1024, and
 # /cached/1024 with max-age=3600). Its responses carry what a real origin's do (Server, Date,
-# Content-Type, Last-Modified, ETag, Accept-Ranges; over h2 as literals that it does not add to
-# the HPACK table, so the gateway decodes every one), where the test kit's carry three fields
-# that HPACK indexes after the first response. Writes ca.pem into $dir; sets oport.
+# Content-Type, Last-Modified, ETag, Accept-Ranges; over h2 as literals that nginx adds to the
+# HPACK table but never refers back to, so the gateway decodes every one and inserts each in
+# its table), where the test kit's carry three fields that HPACK sends as table references
+# after the first response. Writes ca.pem into $dir; sets oport.
 nginx_origin() {
     command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
     command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
