@@ -62,6 +62,10 @@
 #   PROCS_B=N            run muxgate-b as N processes on one port (with EXTRA_MUXGATE_B='workers = 1':
 #                        one single-threaded process per core)
 #   OUT=path.md          where to write the report (default bench/results/compare-<date>.md)
+#   WRK_SYSCALLS=1       with perf: count wrk's read, write, epoll_wait and epoll_ctl calls per
+#                        request and list them under the report's notes (how often each gateway
+#                        makes its clients wake). Diagnosis only: the tracepoints slow wrk's
+#                        system calls, so its CPU column is then not comparable with other runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root_dir=$PWD
@@ -555,8 +559,13 @@ run_one() {
   ocpu0=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
   stat0=$(head -1 /proc/stat)
   # wrk under a shell whose `times` reports wrk's own CPU (the children's line, printed last).
-  out=$(timeout -k 5 $((DUR + 60)) bash -c 'wrk "$@" 2>&1; rc=$?; times; exit $rc' wrk \
-    -t"$THREADS" -c"$clients" -d"${DUR}s" --timeout 10s --latency \
+  local wrap=()
+  if [[ ${WRK_SYSCALLS:-} == 1 ]] && command -v perf >/dev/null; then
+    rm -f "$work/wrkperf.txt"
+    wrap=(perf stat -x, -o "$work/wrkperf.txt" -e "syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl" --)
+  fi
+  out=$(timeout -k 5 $((DUR + 60)) bash -c '"$@" 2>&1; rc=$?; times; exit $rc' wrk \
+    "${wrap[@]}" wrk -t"$THREADS" -c"$clients" -d"${DUR}s" --timeout 10s --latency \
     -s "$work/report.lua" "${hargs[@]}" "$url" 2>&1) || status=wrk-failed
   stat1=$(head -1 /proc/stat)
   local calls=-
@@ -612,6 +621,11 @@ run_one() {
         p50_us) p50_us=$v ;; p99_us) p99_us=$v ;;
       esac
     done
+  fi
+  if [[ ${#wrap[@]} -gt 0 && -s $work/wrkperf.txt && $requests -gt 0 ]]; then
+    echo "- rep $rep $cs $g: wrk's system calls per request: $(awk -F, -v n="$requests" \
+      '$1 ~ /^[0-9]+$/ { sub(/^syscalls:sys_enter_/, "", $3); printf "%s%s %.3f", sep, $3, $1 / n; sep = ", " }' \
+      "$work/wrkperf.txt")" >>"$notes"
   fi
   # Warnings and errors the gateway logged from its start to the end of the load (not while
   # stopping); the first lines are kept for the report.
