@@ -53,18 +53,13 @@ fn tokens<'a>(values: &GetAll<'a, HeaderValue>) -> impl Iterator<Item = &'a [u8]
         .filter(|t| !t.is_empty())
 }
 
-/// Whether `Connection` nominates a field other than the hop-by-hop ones (`close` names
-/// none): the translation for the origin would then remove an end-to-end field. Browsers send
-/// `Connection: keep-alive`, which removes nothing the cache reads. Tokens that are not field
-/// names are ignored.
-pub fn nominates_end_to_end(h: &HeaderMap) -> bool {
-    connection_tokens(h).any(|t| {
-        !t.eq_ignore_ascii_case(b"close")
-            && !HOP_BY_HOP
-                .iter()
-                .any(|n| t.eq_ignore_ascii_case(n.as_str().as_bytes()))
-            && HeaderName::from_bytes(t).is_ok()
-    })
+/// Whether `Connection` nominates a field other than the hop-by-hop ones (`close` only when a
+/// field has that name; `seen` is `h`'s scan): the translation for the origin would then
+/// remove an end-to-end field. Browsers send `Connection: keep-alive`, which removes nothing
+/// the cache reads. Tokens that are not field names are ignored. The same rule as
+/// [`strip_seen`]'s ([`may_name_other`]).
+pub fn nominates_end_to_end(h: &HeaderMap, seen: &Seen) -> bool {
+    connection_tokens(h).any(|t| may_name_other(t, seen) && HeaderName::from_bytes(t).is_ok())
 }
 
 /// Removes hop-by-hop fields and those `Connection` nominates. `keep_te_trailers` keeps a
@@ -379,13 +374,21 @@ mod tests {
             ("x-custom", true),
         ] {
             let h = map(&[("connection", value)]);
-            assert_eq!(nominates_end_to_end(&h), expect, "{value:?}");
+            assert_eq!(
+                nominates_end_to_end(&h, &Seen::scan(&h)),
+                expect,
+                "{value:?}"
+            );
         }
-        assert!(!nominates_end_to_end(&HeaderMap::new()));
+        let none = HeaderMap::new();
+        assert!(!nominates_end_to_end(&none, &Seen::scan(&none)));
         // Two fields: the second one's names count too.
         let mut h = map(&[("connection", "close")]);
         h.append(header::CONNECTION, HeaderValue::from_static("pragma"));
-        assert!(nominates_end_to_end(&h));
+        assert!(nominates_end_to_end(&h, &Seen::scan(&h)));
+        // `close` nominates a field named `close` when there is one (the translation removes it).
+        let h = map(&[("connection", "close"), ("close", "x")]);
+        assert!(nominates_end_to_end(&h, &Seen::scan(&h)));
     }
 
     /// The client's Host stays only when asked and when `Connection` removed no field (it may

@@ -346,7 +346,8 @@ impl Proxy {
                 let variants = c.store.variants(key);
                 // A fresh hit needs no origin request: answered before the translation, when
                 // that leaves every field the cache reads as it is.
-                let exact = !seen.connection() || !headers::nominates_end_to_end(&parts.headers);
+                let exact =
+                    !seen.connection() || !headers::nominates_end_to_end(&parts.headers, seen);
                 if let Some((resp, status)) = variants
                     .as_deref()
                     .filter(|_| exact)
