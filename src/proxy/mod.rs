@@ -435,7 +435,7 @@ impl Proxy {
         log.host = Some(host.clone());
         let idx = self
             .router
-            .route(host.as_str())
+            .route_authority(&host)
             .ok_or((Error::NoRoute, None))?;
         let route = &self.routes[idx];
         log.origin = Some(route.pool.name_shared());
