@@ -537,6 +537,7 @@ fn fuzz_request(post: bool, body: u8, i: usize) -> Outgoing {
             host_field: false,
         },
         body,
+        head_clock: None,
     }
 }
 

@@ -245,7 +245,7 @@ fn refused(ctx: &ServerCtx, reason: &str) {
         .inc();
 }
 
-async fn serve_http1<S>(io: S, client: ClientInfo, ctx: &Arc<ServerCtx>)
+async fn serve_http1<S>(io: S, mut client: ClientInfo, ctx: &Arc<ServerCtx>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -257,6 +257,9 @@ where
     let hold_tx = Arc::new(hold_tx);
     let clock = HeadClock::new();
     let head_clock = clock.clone();
+    // The proxy's request futures run inside this task's poll of the connection: the clock
+    // can enforce their `response_header_timeout` (`HeadClock::response_within`).
+    client.head_clock = Some(clock.clone());
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let proxy = live.proxy.load_full();
         // Only a request that may upgrade needs the hold (`proxy::upgrade` ignores the rest):

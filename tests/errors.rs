@@ -481,6 +481,64 @@ async fn one_failure_counts_once_in_upstream_errors() {
     .await;
 }
 
+/// `response_header_timeout` holds for every request of a keep-alive HTTP/1.1 connection,
+/// which the connection's own timer enforces (in time, past it, in time again, past it again,
+/// all on one connection), and for an HTTP/2 client's stream, which has a timer of its own.
+#[tokio::test]
+async fn response_header_timeout_holds_for_every_request_of_a_connection() {
+    bounded(60, async {
+        for up in BOTH {
+            let s = setup(
+                up,
+                "response_header_timeout = \"500ms\"",
+                "\n[client]\nh2c = true\n",
+            )
+            .await;
+            let mut c = RawConn::connect(s.addr).await;
+            for (path, status) in [
+                ("/delay/100", 200),
+                ("/delay/3000", 504),
+                ("/delay/50", 200),
+                ("/delay/3000", 504),
+                ("/status/201", 201),
+            ] {
+                let t0 = Instant::now();
+                c.send(head("GET", path, "app.test", "").as_bytes()).await;
+                let r = c.read_response(false).await;
+                let took = t0.elapsed();
+                assert_eq!(r.status, status, "{up:?} {path}: {}", r.text());
+                if status == 504 {
+                    assert_one_line(&r.body, "origin response timed out");
+                    assert!(
+                        took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+                        "{up:?} {path}: took {took:?}"
+                    );
+                }
+            }
+            let tcp = tokio::net::TcpStream::connect(s.addr)
+                .await
+                .expect("connect");
+            let (h2, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+            tokio::spawn(conn);
+            let mut h2 = h2.ready().await.expect("h2 ready");
+            let req = http::Request::get("http://app.test/delay/3000")
+                .body(())
+                .expect("request");
+            let t0 = Instant::now();
+            let (resp, _) = h2.send_request(req, true).expect("send");
+            let resp = resp.await.expect("response");
+            let took = t0.elapsed();
+            assert_eq!(resp.status(), 504, "{up:?}: h2 client");
+            assert!(
+                took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+                "{up:?}: h2 client took {took:?}"
+            );
+            s.stop().await;
+        }
+    })
+    .await;
+}
+
 /// The response-timeout path is counted once (it only goes through `OriginPool::send`).
 #[tokio::test]
 async fn response_timeout_counts_once_in_upstream_errors() {

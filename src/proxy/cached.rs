@@ -126,6 +126,7 @@ async fn revalidate(
         .send(Outgoing {
             head: cond,
             body: OutBody::Empty,
+            head_clock: None,
         })
         .await;
     let now = SystemTime::now();
@@ -195,6 +196,7 @@ async fn miss(
             .send(Outgoing {
                 head,
                 body: OutBody::Empty,
+                head_clock: None,
             })
             .await;
         return (r.map(into_client), "MISS");
@@ -220,6 +222,7 @@ async fn miss(
         .send(Outgoing {
             head,
             body: OutBody::Empty,
+            head_clock: None,
         })
         .await;
     match result {

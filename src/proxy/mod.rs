@@ -28,6 +28,7 @@ use crate::config::ValidConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::route::Router;
+use crate::server::head_timeout::HeadClock;
 use crate::upstream::{BoxError, ClientBodyError, OriginPool, OutBody, OutHead, Outgoing, UpBody};
 
 /// Response body sent to clients.
@@ -47,6 +48,10 @@ pub struct ClientInfo {
     pub tls: bool,
     /// The peer's address for `X-Forwarded-For`.
     pub forwarded_for: headers::ForwardedFor,
+    /// The client connection's clock (HTTP/1.1 connections): it enforces the origin's
+    /// `response_header_timeout` for this request instead of a timer of its own
+    /// ([`HeadClock::response_within`]).
+    pub head_clock: Option<Arc<HeadClock>>,
 }
 
 impl ClientInfo {
@@ -56,6 +61,7 @@ impl ClientInfo {
             peer,
             tls,
             forwarded_for: headers::ForwardedFor::for_peer(peer.ip()),
+            head_clock: None,
         }
     }
 }
@@ -395,7 +401,11 @@ impl Proxy {
             log.cache = Some("BYPASS");
         }
         let method = head.method.clone();
-        let out = Outgoing { head, body };
+        let out = Outgoing {
+            head,
+            body,
+            head_clock: client.head_clock,
+        };
         let up = match pool.send(out).await {
             Ok(up) => up,
             Err(_) if exceeded.is_some_and(|e| e.load(Ordering::Acquire)) => {

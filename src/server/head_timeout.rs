@@ -54,9 +54,17 @@ pub struct HeadClock {
     /// The last request came without a body: once its response is written, hyper's state
     /// holds nothing a fresh parser would not rebuild ([`Expiry::Release`]).
     releasable: AtomicBool,
-    /// `releasable` turned true: [`HeadClock::expired`] looks at its deadline again (it may
-    /// still be an idle connection's header deadline) the next time the task polls it.
+    /// `releasable` turned true, or a response head became due before the timer's deadline:
+    /// [`HeadClock::expired`] looks at its deadline again the next time the task polls it.
     recheck: AtomicBool,
+    /// 0 while no request waits for its origin's response head; else 1 + nanoseconds after
+    /// `base` at which that wait ends (`response_header_timeout`, [`HeadClock::response_within`]).
+    response_due: AtomicU64,
+    /// `response_due` passed: the waiting request gives up (set by the timer's task).
+    response_fired: AtomicBool,
+    /// Nanoseconds after `base` the timer is set for while [`HeadClock::expired`] holds it
+    /// armed; `u64::MAX` before it is first armed (a due time earlier than this needs a look).
+    armed_for: AtomicU64,
 }
 
 /// Which limit [`HeadClock::expired`] found passed.
@@ -92,7 +100,45 @@ impl HeadClock {
             blocked_since: AtomicU64::new(0),
             releasable: AtomicBool::new(false),
             recheck: AtomicBool::new(false),
+            response_due: AtomicU64::new(0),
+            response_fired: AtomicBool::new(false),
+            armed_for: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// `wait` (a request's wait for its origin's response head), given up after `limit`
+    /// (`response_header_timeout`): `None` then. The connection's one timer enforces it,
+    /// moved only when it was set for later than the wait's end, instead of a timer per
+    /// request registered in tokio's wheel and removed again (~480 instructions per request,
+    /// `bench/callgrind.sh`). Must be polled by the connection's task, inside the connection's
+    /// poll (the proxy's request future is), like [`HeadClock::set_releasable`]: the task's
+    /// `select!` then polls [`HeadClock::expired`] after it. One wait at a time per connection
+    /// (hyper serves an HTTP/1.1 connection's requests one after another).
+    pub async fn response_within<F: Future>(
+        &self,
+        limit: Duration,
+        mut wait: Pin<&mut F>,
+    ) -> Option<F::Output> {
+        let due = self
+            .nanos_since_base()
+            .saturating_add(limit.as_nanos().min(u128::from(u64::MAX)) as u64)
+            .min(u64::MAX - 2);
+        self.response_fired.store(false, Ordering::Relaxed);
+        self.response_due.store(due + 1, Ordering::Relaxed);
+        if due < self.armed_for.load(Ordering::Relaxed) {
+            self.recheck.store(true, Ordering::Relaxed);
+        }
+        let _done = ResponseWait(self);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = wait.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            if self.response_fired.load(Ordering::Relaxed) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     fn nanos_since_base(&self) -> u64 {
@@ -202,6 +248,15 @@ impl HeadClock {
         self.recheck.store(false, Ordering::Relaxed);
         loop {
             let now = Instant::now();
+            let response = self.response_due.load(Ordering::Relaxed);
+            let response = (response != 0).then(|| self.base + Duration::from_nanos(response - 1));
+            if response.is_some_and(|r| r <= now) {
+                // The waiting request gives up when the connection is polled again.
+                self.response_due.store(0, Ordering::Relaxed);
+                self.response_fired.store(true, Ordering::Relaxed);
+                cx.waker().wake_by_ref();
+                continue;
+            }
             let (due, why) = if blocked != 0 {
                 let since = Duration::from_nanos(blocked - 1);
                 (self.base + since + l.send, Expiry::Send)
@@ -220,9 +275,17 @@ impl HeadClock {
                 }
             };
             if due <= now {
+                self.armed_for.store(u64::MAX, Ordering::Relaxed);
                 return Poll::Ready(why);
             }
+            let due = response.map_or(due, |r| r.min(due));
             sleep.as_mut().reset(due);
+            self.armed_for.store(
+                due.saturating_duration_since(self.base)
+                    .as_nanos()
+                    .min(u128::from(u64::MAX)) as u64,
+                Ordering::Relaxed,
+            );
             // Outside tokio's cooperative budget: a `Sleep` polled with the budget spent
             // returns `Pending` without registering the waker, and the fast path above would
             // then never poll it again.
@@ -242,6 +305,16 @@ struct Limits {
     header: Duration,
     send: Duration,
     release: Duration,
+}
+
+/// Ends a [`HeadClock::response_within`] wait, whichever way it ends.
+struct ResponseWait<'a>(&'a HeadClock);
+
+impl Drop for ResponseWait<'_> {
+    fn drop(&mut self) {
+        self.0.response_due.store(0, Ordering::Relaxed);
+        self.0.response_fired.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Held while a request's response is not done; its drop restarts the clock.
@@ -473,6 +546,48 @@ mod tests {
             Poll::Ready(())
         })
         .await;
+    }
+
+    /// A request's wait for its origin's response head ends after its limit, on the
+    /// connection's one timer: moved earlier when the wait ends before the timer's deadline,
+    /// set again for the wait when it fires first; a wait that ends in time leaves nothing
+    /// behind, and the connection itself does not expire. Polled as the server does: the
+    /// request (inside the connection) before the clock, in one task.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_wait_ends_on_the_connections_timer() {
+        for release in [Duration::ZERO, secs(1)] {
+            let clock = HeadClock::new();
+            let script = async {
+                let _busy = clock.request();
+                let quick = std::pin::pin!(tokio::time::sleep(secs(1)));
+                let quick = clock.response_within(secs(45), quick).await;
+                assert_eq!(quick, Some(()), "release {release:?}");
+                let mut waited = Vec::new();
+                // Before the timer's deadline (moved), then past it (set again when it fires).
+                for limit in [secs(5), secs(45), secs(2)] {
+                    let t = Instant::now();
+                    let never = std::pin::pin!(std::future::pending::<()>());
+                    assert_eq!(clock.response_within(limit, never).await, None);
+                    waited.push(t.elapsed());
+                }
+                waited
+            };
+            tokio::pin!(script);
+            let expired = clock.expired(T, SEND, release);
+            tokio::pin!(expired);
+            let waited = tokio::select! {
+                biased;
+                w = &mut script => w,
+                e = &mut expired => panic!("release {release:?}: the connection expired: {e:?}"),
+            };
+            for (w, limit) in waited.into_iter().zip([secs(5), secs(45), secs(2)]) {
+                // The timer's resolution is a millisecond.
+                assert!(
+                    w >= limit && w <= limit + Duration::from_millis(2),
+                    "release {release:?}: waited {w:?} for {limit:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

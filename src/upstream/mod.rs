@@ -22,6 +22,7 @@ pub mod resolve;
 pub mod rst_watch;
 pub mod upgrade;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -45,6 +46,7 @@ use crate::body::{Observed, Observer};
 use crate::config::{Scheme, ValidOrigin};
 use crate::error::{classify, classify_h2, Error, RetryClass};
 use crate::metrics::OriginMetrics;
+use crate::server::head_timeout::HeadClock;
 use connect::{Connector, Transport};
 use h1::{H1Lease, H1Pool};
 use h2::{Acquired, H2Lease, H2Pool};
@@ -229,6 +231,10 @@ pub struct Outgoing {
     pub head: OutHead,
     /// The body.
     pub body: OutBody,
+    /// The client connection's clock, when the request is polled by that connection's task
+    /// (an HTTP/1.1 client's request, not the cache's): it enforces `response_header_timeout`
+    /// in place of a timer per attempt ([`HeadClock::response_within`]).
+    pub head_clock: Option<Arc<HeadClock>>,
 }
 
 /// The request head: headers already translated (no hop-by-hop, no Host).
@@ -580,11 +586,12 @@ impl OriginPool {
                 Some(p) if !self.use_h1.load(Ordering::Acquire) => Some(p),
                 _ => None,
             };
+            let clock = out.head_clock.as_deref();
             let attempt = match h2 {
-                Some(p) => self.try_h2(p, &out.head, body).await,
+                Some(p) => self.try_h2(p, &out.head, body, clock).await,
                 // Boxed: its state (1.8 KiB) is larger than `try_h2`'s (1.3 KiB) and would
                 // size every request's future (bench/heap.sh), HTTP/2 origins' included.
-                None => crate::inplace::pinned(|| self.try_h1(&out.head, body)).await,
+                None => crate::inplace::pinned(|| self.try_h1(&out.head, body, clock)).await,
             };
             let err = match attempt {
                 Ok(up) => return Ok(up),
@@ -647,6 +654,7 @@ impl OriginPool {
         pool: &H2Pool,
         out: &OutHead,
         body: UpBody,
+        clock: Option<&HeadClock>,
     ) -> Result<Upstream, AttemptError> {
         let lease = match pool.acquire().await {
             Ok(Acquired::Lease(l)) => l,
@@ -656,47 +664,52 @@ impl OriginPool {
         let head = out.request((), true).map_err(AttemptError::Fatal)?;
         let conn_id = lease.conn().id;
         let body = (!body.is_end_stream()).then_some(body);
-        let attempt = async {
-            let (response, pump) = match lease.conn().start(head, body) {
-                Ok(r) => r,
-                Err((e, body)) if e.is_go_away() || e.is_io() => {
-                    // Nothing was sent: the connection is closing (GOAWAY) or broken.
-                    lease.conn().mark_closed();
-                    let reason = if e.is_go_away() { "goaway" } else { "not_sent" };
-                    return Err(AttemptError::Unsent(body, reason));
-                }
-                Err((e, _)) => {
-                    // h2 refused the request itself (a header HTTP/2 forbids).
-                    tracing::debug!(error = %e, "request refused by HTTP/2 rules");
-                    return Err(AttemptError::Fatal(Error::BadRequest(
-                        "request not valid for HTTP/2",
-                    )));
-                }
-            };
-            match response.await {
-                Ok(resp) => Ok((resp, pump)),
-                // The pump reset the stream because the client's body failed: not the origin.
-                Err(_) if pump.as_ref().is_some_and(|p| p.body_failed()) => {
-                    Err(AttemptError::Fatal(Error::BadBody))
-                }
-                Err(e) => {
-                    let (class, err) = classify_h2(&e);
-                    if e.is_go_away() && e.is_library() {
-                        // h2 closed the connection (GOAWAY) on an error it detected: counted
-                        // once for the connection, not once per stream.
-                        if lease.conn().first_protocol_error() {
-                            self.metrics.error("protocol");
-                        }
-                        return Err(AttemptError::Counted(err));
+        // Pinned where it is made: handed on by reference, not moved (each move is a copy).
+        // The block ends its borrow of the lease before the response takes it.
+        let waited = {
+            let attempt = std::pin::pin!(async {
+                let (response, pump) = match lease.conn().start(head, body) {
+                    Ok(r) => r,
+                    Err((e, body)) if e.is_go_away() || e.is_io() => {
+                        // Nothing was sent: the connection is closing (GOAWAY) or broken.
+                        lease.conn().mark_closed();
+                        let reason = if e.is_go_away() { "goaway" } else { "not_sent" };
+                        return Err(AttemptError::Unsent(body, reason));
                     }
-                    Err(AttemptError::Failed(class, err))
+                    Err((e, _)) => {
+                        // h2 refused the request itself (a header HTTP/2 forbids).
+                        tracing::debug!(error = %e, "request refused by HTTP/2 rules");
+                        return Err(AttemptError::Fatal(Error::BadRequest(
+                            "request not valid for HTTP/2",
+                        )));
+                    }
+                };
+                match response.await {
+                    Ok(resp) => Ok((resp, pump)),
+                    // The pump reset the stream because the client's body failed: not the origin.
+                    Err(_) if pump.as_ref().is_some_and(|p| p.body_failed()) => {
+                        Err(AttemptError::Fatal(Error::BadBody))
+                    }
+                    Err(e) => {
+                        let (class, err) = classify_h2(&e);
+                        if e.is_go_away() && e.is_library() {
+                            // h2 closed the connection (GOAWAY) on an error it detected: counted
+                            // once for the connection, not once per stream.
+                            if lease.conn().first_protocol_error() {
+                                self.metrics.error("protocol");
+                            }
+                            return Err(AttemptError::Counted(err));
+                        }
+                        Err(AttemptError::Failed(class, err))
+                    }
                 }
-            }
+            });
+            response_within(clock, self.response_header_timeout, attempt).await
         };
-        match tokio::time::timeout(self.response_header_timeout, attempt).await {
-            Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok((resp, pump))) => {
+        match waited {
+            None => Err(AttemptError::Fatal(Error::ResponseTimeout)),
+            Some(Err(e)) => Err(e),
+            Some(Ok((resp, pump))) => {
                 let (parts, recv) = resp.into_parts();
                 let body = lease.conn().body(recv, &parts.headers);
                 Ok(Upstream {
@@ -715,7 +728,12 @@ impl OriginPool {
         }
     }
 
-    async fn try_h1(&self, out: &OutHead, body: UpBody) -> Result<Upstream, AttemptError> {
+    async fn try_h1(
+        &self,
+        out: &OutHead,
+        body: UpBody,
+        clock: Option<&HeadClock>,
+    ) -> Result<Upstream, AttemptError> {
         let mut lease = match self.h1.acquire().await {
             Ok(l) => l,
             Err(e) => return Err(AttemptError::Counted(e)),
@@ -729,10 +747,10 @@ impl OriginPool {
         if sender.ready().await.is_err() {
             return Err(AttemptError::Unsent(Some(req.into_body()), "not_sent"));
         }
-        let fut = sender.try_send_request(req);
-        match tokio::time::timeout(self.response_header_timeout, fut).await {
-            Err(_) => Err(AttemptError::Fatal(Error::ResponseTimeout)),
-            Ok(Ok(resp)) => Ok(Upstream {
+        let fut = std::pin::pin!(sender.try_send_request(req));
+        match response_within(clock, self.response_header_timeout, fut).await {
+            None => Err(AttemptError::Fatal(Error::ResponseTimeout)),
+            Some(Ok(resp)) => Ok(Upstream {
                 response: resp.map(|b| {
                     Observed::new(
                         Inner::h1(b, Some(ReadTimer::new(self.read_limit.clone()))),
@@ -743,7 +761,7 @@ impl OriginPool {
                 conn_id,
                 protocol: "http/1.1",
             }),
-            Ok(Err(mut e)) => match e.take_message() {
+            Some(Err(mut e)) => match e.take_message() {
                 Some(req) => Err(AttemptError::Unsent(Some(req.into_body()), "not_sent")),
                 None if client_body_failed(e.error()) => Err(AttemptError::Fatal(Error::BadBody)),
                 None => {
@@ -752,6 +770,19 @@ impl OriginPool {
                 }
             },
         }
+    }
+}
+
+/// `wait` (for a response head), given up after `limit` (`None`): by the client connection's
+/// clock when the request has one, else by a timer of its own.
+async fn response_within<F: Future>(
+    clock: Option<&HeadClock>,
+    limit: Duration,
+    wait: Pin<&mut F>,
+) -> Option<F::Output> {
+    match clock {
+        Some(c) => c.response_within(limit, wait).await,
+        None => tokio::time::timeout(limit, wait).await.ok(),
     }
 }
 
