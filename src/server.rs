@@ -326,6 +326,9 @@ where
                     // Finish the request in flight, then close (Connection: close on the response).
                     conn.as_mut().graceful_shutdown();
                     tokio::select! {
+                        // The connection first, as above (a request's response wait may have
+                        // asked the clock to look again).
+                        biased;
                         r = conn.as_mut() => { log_conn_end(r); break }
                         // Idle (a half-read head is dropped, as hyper's own graceful close of
                         // an idle connection would).
