@@ -77,8 +77,9 @@ pub async fn accept_loop(
     let mut shutdown = ctx.shutdown.clone();
     // Made once: a `changed()` made in every pass registered its waker with the watch, under
     // its lock, and removed it again, for every accepted connection (~220 instructions,
-    // `bench/callgrind.sh` with `--close`).
-    let stop = shutdown.changed();
+    // `bench/callgrind.sh` with `--close`); `stopping` then skips the watch while it has not
+    // changed (~100 more).
+    let stop = stopping(&mut shutdown);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -91,7 +92,7 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.as_mut() => return,
+            () = stop.as_mut() => return,
         };
         let max = ctx.live.limits.load().max_connections;
         if ctx.open.load(Ordering::Acquire) >= max {
