@@ -74,6 +74,8 @@ pub struct Gateway {
     certs: Vec<Arc<ReloadableCert>>,
     metrics: Arc<Metrics>,
     shutdown_tx: watch::Sender<bool>,
+    /// Wakes the client connections at shutdown (the watch wakes the listeners).
+    stop: Arc<server::stop::StopSignal>,
     tracker: TaskTracker,
     /// The shard threads (`runtime = "thread-per-core"`).
     shards: Option<Arc<shard::Shards>>,
@@ -111,6 +113,7 @@ impl Gateway {
         let metrics = Metrics::new();
         let proxy = Arc::new(Proxy::new(&cfg, &metrics)?);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let stop = Arc::new(server::stop::StopSignal::new());
         let tracker = TaskTracker::new();
         let live = Arc::new(Live {
             proxy: ArcSwap::new(proxy),
@@ -121,6 +124,7 @@ impl Gateway {
             metrics: metrics.clone(),
             open: AtomicUsize::new(0),
             shutdown: shutdown_rx.clone(),
+            stop: stop.clone(),
             tracker: tracker.clone(),
         });
         let shards = match runtimes {
@@ -170,6 +174,7 @@ impl Gateway {
             certs,
             metrics,
             shutdown_tx,
+            stop,
             tracker,
             shards,
             placement,
@@ -274,6 +279,7 @@ impl Gateway {
     /// Returns false if connections were still open at the deadline.
     pub async fn shutdown(self) -> bool {
         let _ = self.shutdown_tx.send(true);
+        self.stop.stop();
         self.tracker.close();
         let drain = async {
             // Upgraded connections are closed at once; requests get the drain time.

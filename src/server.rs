@@ -31,6 +31,7 @@ use crate::shard::{Job, Open, Shards};
 
 pub mod h2_send;
 pub mod head_timeout;
+pub mod stop;
 use h2_send::SendClock;
 use head_timeout::{Expiry, HeadClock, SendWatch, Tracked};
 
@@ -52,8 +53,10 @@ pub struct ServerCtx {
     pub metrics: Arc<Metrics>,
     /// Open client connections (all listeners).
     pub open: AtomicUsize,
-    /// Flips to true on shutdown.
+    /// Flips to true on shutdown (the listeners watch it).
     pub shutdown: watch::Receiver<bool>,
+    /// Given on shutdown, with `shutdown`: what client connections wait for.
+    pub stop: Arc<stop::StopSignal>,
     /// Tracks connection tasks for draining.
     pub tracker: TaskTracker,
 }
@@ -297,7 +300,9 @@ where
     if let Some(n) = hyper_max_headers(&limits) {
         builder.max_headers(n);
     }
-    let mut shutdown = ctx.shutdown.clone();
+    // Made once for the connection's life: it registers the task's waker once.
+    let stop = ctx.stop.wait();
+    tokio::pin!(stop);
     let (header, send) = (limits.header_timeout.0, limits.send_timeout.0);
     let released = &ctx.metrics.downstream_connections_released;
     // `with_upgrades`: after a 101 the connection's I/O goes to the upgrade tunnel
@@ -323,7 +328,7 @@ where
                 biased;
                 r = conn.as_mut() => { log_conn_end(r); break }
                 e = expired.as_mut() => e,
-                () = stopping(&mut shutdown) => {
+                () = stop.as_mut() => {
                     // Finish the request in flight, then close (Connection: close on the response).
                     conn.as_mut().graceful_shutdown();
                     tokio::select! {
@@ -376,7 +381,7 @@ where
                         }
                     },
                     e = expired => Err(Some(e)),
-                    () = stopping(&mut shutdown) => Err(None),
+                    () = stop.as_mut() => Err(None),
                 };
                 if let Err(expiry) = woke {
                     if let Some(e) = expiry {
@@ -475,7 +480,7 @@ where
     });
     let conn = h2_builder(&limits).serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let mut shutdown = ctx.shutdown.clone();
+    let stop = ctx.stop.wait();
     let metrics = ctx.metrics.clone();
     let send_expired = clock.expire(move || {
         metrics
@@ -498,7 +503,7 @@ where
             conn.as_mut().graceful_shutdown();
             finish_within(FLOOD_CLOSE_WAIT, conn.as_mut()).await
         }
-        () = stopping(&mut shutdown) => {
+        () = stop => {
             // RFC 9113 §6.8: GOAWAY (hyper sends last-stream-id 2^31-1, a PING, then the real
             // last stream id), streams in flight finish, then the connection closes. The send
             // clock keeps running: a stalled stream must not hold its upstream stream until
