@@ -630,8 +630,9 @@ pub(crate) async fn poll_armed<F: Future>(
     .await
 }
 
-/// Resolves when `shutdown` changes (or its sender is gone), like `shutdown.changed()`, whose
-/// polls cost ~500 instructions per request in a connection's `select!` (`bench/callgrind.sh`).
+/// Resolves when `shutdown` changes (or its sender is gone), like `shutdown.changed()`, but
+/// polls the watch again only once it has changed (each poll of `changed()` takes the watch's
+/// lock). For the accept loops; client connections wait on [`ServerCtx::stop`].
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let probe = shutdown.clone(); // same version seen as `shutdown`
     let changed = shutdown.changed();
