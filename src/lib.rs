@@ -74,7 +74,8 @@ pub struct Gateway {
     certs: Vec<Arc<ReloadableCert>>,
     metrics: Arc<Metrics>,
     shutdown_tx: watch::Sender<bool>,
-    /// Wakes the client connections at shutdown (the watch wakes the listeners).
+    /// Wakes the listeners and client connections at shutdown (the watch wakes the admin
+    /// listener).
     stop: Arc<server::stop::StopSignal>,
     tracker: TaskTracker,
     /// The shard threads (`runtime = "thread-per-core"`).
@@ -123,7 +124,6 @@ impl Gateway {
             live: live.clone(),
             metrics: metrics.clone(),
             open: AtomicUsize::new(0),
-            shutdown: shutdown_rx.clone(),
             stop: stop.clone(),
             tracker: tracker.clone(),
         });

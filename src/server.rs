@@ -18,7 +18,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -53,9 +52,7 @@ pub struct ServerCtx {
     pub metrics: Arc<Metrics>,
     /// Open client connections (all listeners).
     pub open: AtomicUsize,
-    /// Flips to true on shutdown (the listeners watch it).
-    pub shutdown: watch::Receiver<bool>,
-    /// Given on shutdown, with `shutdown`: what client connections wait for.
+    /// Given on shutdown: what the listeners and client connections wait for.
     pub stop: Arc<stop::StopSignal>,
     /// Tracks connection tasks for draining.
     pub tracker: TaskTracker,
@@ -77,12 +74,10 @@ pub async fn accept_loop(
     ctx: Arc<ServerCtx>,
     accepted: Accepted,
 ) {
-    let mut shutdown = ctx.shutdown.clone();
-    // Made once: a `changed()` made in every pass registered its waker with the watch, under
-    // its lock, and removed it again, for every accepted connection (~220 instructions,
-    // `bench/callgrind.sh` with `--close`); `stopping` then skips the watch while it has not
-    // changed (~100 more).
-    let stop = stopping(&mut shutdown);
+    // Made once, like a connection's: a watch's `changed()` made in every pass registered its
+    // waker under the watch's lock and removed it again, for every accepted connection
+    // (~300 instructions, `bench/callgrind.sh` with `--close`).
+    let stop = ctx.stop.wait();
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -603,41 +598,6 @@ fn closed(ctx: &ServerCtx, reason: &str) {
         .downstream_closed_total
         .get_or_create(&vec![("reason", reason.into())])
         .inc();
-}
-
-/// Polls `fut` until it is pending (its waker registered), then again only when `moved`
-/// says it may have progressed. For futures in a connection's `select!`, which polls every
-/// branch whenever the connection's task wakes (a few times per request): a `Sleep` or a
-/// `watch` change re-registers the waker on each poll, under a lock for the latter, while
-/// `moved` is an atomic load. The registered waker stays right because a connection's task
-/// keeps its waker for its life.
-pub(crate) async fn poll_armed<F: Future>(
-    mut fut: Pin<&mut F>,
-    mut moved: impl FnMut(&F) -> bool,
-) -> F::Output {
-    let mut armed = false;
-    std::future::poll_fn(|cx| {
-        if armed && !moved(&fut) {
-            return std::task::Poll::Pending;
-        }
-        // Outside tokio's cooperative budget: a `Sleep` (or `watch` change) polled with the
-        // budget spent returns `Pending` without registering the waker, and would then never
-        // be polled again.
-        let p = std::pin::pin!(tokio::task::unconstrained(fut.as_mut())).poll(cx);
-        armed = p.is_pending();
-        p
-    })
-    .await
-}
-
-/// Resolves when `shutdown` changes (or its sender is gone), like `shutdown.changed()`, but
-/// polls the watch again only once it has changed (each poll of `changed()` takes the watch's
-/// lock). For the accept loops; client connections wait on [`ServerCtx::stop`].
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    let probe = shutdown.clone(); // same version seen as `shutdown`
-    let changed = shutdown.changed();
-    tokio::pin!(changed);
-    let _ = poll_armed(changed, |_| !matches!(probe.has_changed(), Ok(false))).await;
 }
 
 fn log_conn_end(r: Result<(), hyper::Error>) {

@@ -197,9 +197,9 @@ impl HeadClock {
     /// [`set_releasable`](Self::set_releasable)`(false)` before it waits again).
     ///
     /// Polled with the connection every time its task wakes, it polls its timer only until the
-    /// timer holds the task's waker, once it has fired, or when writes start to block (like
-    /// [`super::poll_armed`]; polling the `Sleep` each time cost ~200 instructions per request,
-    /// `bench/callgrind.sh`).
+    /// timer holds the task's waker, once it has fired, or when writes start to block (a
+    /// connection's task keeps its waker for its life; polling the `Sleep` each time cost ~200
+    /// instructions per request, `bench/callgrind.sh`).
     pub async fn expired(&self, header: Duration, send: Duration, release: Duration) -> Expiry {
         let release_check = if release.is_zero() {
             header

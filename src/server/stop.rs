@@ -1,5 +1,5 @@
-//! Shutdown's wake-up for client connections: a flag, and the waker of every connection task
-//! that waits for it, kept in one list per shard.
+//! Shutdown's wake-up for client listeners and connections: a flag, and the waker of every
+//! task that waits for it, kept in one list per shard.
 //!
 //! A `watch` receiver per connection did the same at ~500 instructions per connection: the
 //! receiver's clone and drop, and the registration of its `changed()` future with the
@@ -56,8 +56,9 @@ impl StopSignal {
     }
 
     /// Resolves once the signal is given. It keeps the waker of the task that polled it first
-    /// (a connection's task keeps its waker for its life, as [`super::poll_armed`] assumes);
-    /// polled again after that, it looks at the flag only.
+    /// (a connection's or listener's task keeps its waker for its life); polled again after
+    /// that, it looks at the flag only: a connection's `select!` polls it every time the task
+    /// wakes.
     pub fn wait(&self) -> StopWait<'_> {
         StopWait {
             signal: self,
