@@ -703,7 +703,8 @@ def med(vals, fmt):
     return (fmt.format(st.median(v)), st.median(v)) if v else ("–", None)
 print("Medians over repetitions. **× best peer**: req/s over the best of "
       + (", ".join(peers) if peers else "(no peers run)")
-      + " in this run; **× direct**: over wrk → origin over TLS. Errors: non-2xx + socket errors, "
+      + " in this run; **per rep**: the same ratio within each repetition, lowest–highest "
+      "(below 1 throughout: behind; spanning 1: within the machine's spread); **× direct**: over wrk → origin over TLS. Errors: non-2xx + socket errors, "
       "summed over repetitions. Origin columns from the origin's access log for each run "
       "(requests it served, distinct connections, full / resumed TLS handshakes, protocols). "
       "RSS: peak of the gateway's processes summed, sampled every 100 ms. CPU: utime+stime of "
@@ -715,8 +716,8 @@ print("Medians over repetitions. **× best peer**: req/s over the best of "
       "clients); idle %: the machine's idle share during the run (near 0: the run was CPU-bound, "
       "so req/s follows the sum of the three CPU columns).")
 print()
-print("| case | gateway | req/s | × best peer | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | syscalls / req | origin CPU ms / 1k req | wrk CPU ms / 1k req | idle % | runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+print("| case | gateway | req/s | × best peer | per rep | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | syscalls / req | origin CPU ms / 1k req | wrk CPU ms / 1k req | idle % | runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for c in cases:
     by = {}
     for g in gws:
@@ -729,7 +730,7 @@ for c in cases:
     for g in gws:
         if g not in by:
             if g == "nghttpx" and c.startswith("fallback"):
-                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | | | | |")
+                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | | | | | |")
             continue
         rs = by[g]
         ok = [r for r in rs if r["status"] == "ok"]
@@ -737,11 +738,21 @@ for c in cases:
         errs = sum(int(r["errors"]) for r in rs if r.get("errors"))  # failed runs count too
         ratio = f"{rps[g] / best:.2f}×" if best and rps[g] else "–"
         rdir = f"{rps[g] / direct:.2f}×" if direct and rps[g] else "–"
+        # The same ratio repetition by repetition (lowest–highest): a shortfall in every
+        # repetition is the gateway's; one that changes sign is the machine's spread.
+        each = []
+        for rep in sorted({r["rep"] for r in ok}):
+            mine = [float(r["rps"]) for r in ok if r["rep"] == rep]
+            theirs = [float(r["rps"]) for p in peers for r in by.get(p, [])
+                      if r["rep"] == rep and r["status"] == "ok"]
+            if mine and theirs and max(theirs) > 0:
+                each.append(mine[0] / max(theirs))
+        span = f"{min(each):.2f}–{max(each):.2f}" if len(each) > 1 else (f"{each[0]:.2f}" if each else "–")
         protos = "/".join(sorted({r["proto"] for r in ok}))
         rss = med([float(r["peak_rss_kib"]) / 1024 for r in ok if r["peak_rss_kib"] not in ("-", "")], "{:.1f}")[0]
         status = f"{len(ok)}/{len(rs)} ok"
         name = f"**{g}**" if g.startswith("muxgate") else g
-        print(f"| {c} | {name} | {f('rps', '{:.0f}')} | {ratio} | {rdir} | {f('p50_ms', '{:.2f}')} "
+        print(f"| {c} | {name} | {f('rps', '{:.0f}')} | {ratio} | {span} | {rdir} | {f('p50_ms', '{:.2f}')} "
               f"| {f('p99_ms', '{:.1f}')} | {errs} | {f('origin_requests', '{:.0f}')} | {f('conns', '{:.0f}')} "
               f"| {f('full', '{:.0f}')} | {f('resumed', '{:.0f}')} | {protos} | {rss} | {f('cpu_ms_per_1k', '{:.1f}')} | {f('sys_pct', '{:.0f}')} "
               f"| {f('syscalls_per_req', '{:.2f}')} | {f('origin_cpu_ms_per_1k', '{:.1f}')} | {f('wrk_cpu_ms_per_1k', '{:.1f}')} | {f('idle_pct', '{:.0f}')} | {status} |")

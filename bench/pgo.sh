@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# A profile-guided (PGO) release build of muxgate: an instrumented build serves a training load
+# on loopback, LLVM merges the counts, and a second build uses them to lay out and inline the
+# hot paths. The binary lands in target/pgo/release/muxgate; the plain `cargo build --release`
+# is untouched (CI, `cargo run --release -- demo` and the tests never need this).
+#
+# Training load (test-kit origins from the plain release build, the load client too, so only
+# the gateway's counts are recorded): keep-alive HTTP/1.1 clients through an HTTP/2 origin
+# connection (50 and 200 clients, 1 KiB; 200 clients, 100 KiB), a new client connection per
+# request (50), the HTTP/1.1 keep-alive pool (200 clients, an origin that offers only
+# http/1.1), and cache hits (200). These are bench/compare.sh's cases; paths the training does
+# not run (errors, upgrades, h2 clients) are laid out as cold code, still correct.
+#
+# Needs llvm-profdata of the LLVM major version rustc uses (`rustc -vV`); installs Debian's
+# llvm-N package if it is missing. Loopback only; stops every process it starts.
+#
+# Usage: bench/pgo.sh            then e.g. BIN_B=target/pgo/release/muxgate bench/compare.sh
+#        PGO_REQUESTS=50000      requests per training case (default 40000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${PGO_REQUESTS:-40000}
+major=$(rustc -vV | awk '/^LLVM version:/ {split($3, v, "."); print v[1]}')
+profdata=$(command -v "llvm-profdata-$major" || true)
+if [[ -z $profdata ]]; then
+    apt-get update -qq && apt-get install -y -qq "llvm-$major" >/dev/null
+    profdata=$(command -v "llvm-profdata-$major")
+fi
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "[pgo] plain release build (origins and load client)" >&2
+cargo build --release --quiet
+plain=$PWD/target/release/muxgate
+echo "[pgo] instrumented build (target/pgo-gen)" >&2
+RUSTFLAGS="-Cprofile-generate=$work/raw" cargo build --release --quiet --target-dir target/pgo-gen
+gen=$PWD/target/pgo-gen/release/muxgate
+
+origin() { # origin NAME [ARGS]: starts a test-kit origin, prints its port
+    mkdir -p "$work/$1"
+    "$plain" origin --dir "$work/$1" "${@:2}" >"$work/$1/out" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do grep -q listening "$work/$1/out" 2>/dev/null && break; sleep 0.1; done
+    awk '/listening/ {n = split($2, a, ":"); print a[n]}' "$work/$1/out"
+}
+h2port=$(origin h2)
+h1port=$(origin h1 --h1-only)
+gport=$(free_port)
+cat >"$work/gw.toml" <<TOML
+listen = ["127.0.0.1:$gport"]
+[admin]
+listen = ""
+[cache]
+enabled = true
+[[origins]]
+name = "legacy"
+hosts = ["legacy"]
+url = "https://localhost:$h1port"
+tls_ca = "$work/h1/ca.pem"
+[[origins]]
+name = "app"
+hosts = ["*"]
+url = "https://localhost:$h2port"
+tls_ca = "$work/h2/ca.pem"
+TOML
+RUST_LOG=warn "$gen" run -c "$work/gw.toml" 2>"$work/gw.err" &
+gw=$!
+pids+=($gw)
+for _ in $(seq 300); do
+    "$plain" load --target "127.0.0.1:$gport" --path /bytes/1024 --connections 1 --requests 1 >/dev/null 2>&1 && break
+    sleep 0.2
+done
+load() { # load CONNECTIONS PATH [ARGS]
+    echo "[pgo] training: $1 connections, $2 ${*:3}" >&2
+    timeout 300 "$plain" load --target "127.0.0.1:$gport" --connections "$1" --path "$2" \
+        --requests "$n" "${@:3}" | sed 's/^/[pgo]   /' >&2
+}
+load 200 /bytes/1024
+load 50 /bytes/1024
+load 50 /bytes/1024 --close
+load 200 /bytes/102400
+load 200 /bytes/1024 --host legacy
+load 200 /cached/1024
+kill -TERM "$gw"
+wait "$gw" || true
+ls "$work"/raw/*.profraw >/dev/null
+"$profdata" merge -o "$work/merged.profdata" "$work"/raw/*.profraw
+echo "[pgo] optimised build (target/pgo)" >&2
+RUSTFLAGS="-Cprofile-use=$work/merged.profdata" cargo build --release --quiet --target-dir target/pgo
+echo "target/pgo/release/muxgate"
