@@ -54,6 +54,8 @@
 #   BIN_B=path/to/muxgate  adds gateway "muxgate-b": another build (or, with EXTRA_MUXGATE_B,
 #                        other settings) beside this one in the same run, for A/B comparisons:
 #                        GATEWAYS="muxgate muxgate-b haproxy" BIN_B=/tmp/muxgate-old
+#   PGO=1                muxgate is the profile-guided build (bench/pgo.sh, ~8 minutes more on
+#                        2 cores); with BIN_B=target/release/muxgate the plain build runs beside it
 #   EXTRA_MUXGATE_B=...  extra top-level TOML lines for muxgate-b only (e.g. 'workers = 1')
 #   EXTRA_MUXGATE_B_ORIGIN=...  extra [[origins]] lines for muxgate-b only
 #                        (e.g. 'stream_window = "256KiB"')
@@ -114,9 +116,15 @@ for c in nginx haproxy nghttpx wrk openssl ss python3; do
   command -v "$c" >/dev/null || die "$c not found"
 done
 
-log "building muxgate (release)"
-cargo build --release --quiet
-bin=$root_dir/target/release/muxgate
+if [[ ${PGO:-} == 1 ]]; then
+  log "building muxgate (release, profile-guided: bench/pgo.sh)"
+  bench/pgo.sh >/dev/null
+  bin=$root_dir/target/pgo/release/muxgate
+else
+  log "building muxgate (release)"
+  cargo build --release --quiet
+  bin=$root_dir/target/release/muxgate
+fi
 bin_b=$(realpath "${BIN_B:-$bin}")
 
 # Open files: 1,000 clients plus the gateways' and origin's own sockets.
@@ -690,6 +698,7 @@ out_md=${OUT:-bench/results/compare-$(date -u +%Y-%m-%d).md}
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); load average before/after: $load_before / $load_after."
   echo "Versions: muxgate $("$bin" --version | awk '{print $2}') ($(git -C "$root_dir" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root_dir" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', modified')), $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nghttpx --version | head -1), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')."
+  [[ ${PGO:-} != 1 ]] || echo "muxgate: the profile-guided build (bench/pgo.sh, target/pgo/release/muxgate)."
   [[ -z ${gport[muxgate-b]:-} ]] || echo "muxgate-b: $bin_b ($("$bin_b" --version | awk '{print $2}'))${EXTRA_MUXGATE_B:+, extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B")\`}${EXTRA_MUXGATE_B_ORIGIN:+, extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_ORIGIN")\`}${EXTRA_MUXGATE_B_CLIENT:+, extra client settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_B_CLIENT")\`}${PROCS_B:+, $PROCS_B processes on one port}."
   echo "Runs: ${DUR} s each, $REPS repetitions, gateways alternating within each repetition, each started fresh per run; wrk -t$THREADS; HAProxy nbthread $GW_THREADS, nghttpx workers $GW_THREADS, muxgate workers $GW_THREADS; origin nginx worker_processes $ORIGIN_WORKERS.${EXTRA_MUXGATE_TOP:+ muxgate extra top-level settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_TOP")\`.}${EXTRA_MUXGATE:+ muxgate extra origin settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE")\`.}${EXTRA_MUXGATE_CLIENT:+ muxgate extra client settings: \`$(tr '\n' ' ' <<<"$EXTRA_MUXGATE_CLIENT")\`.}"
   echo

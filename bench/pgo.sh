@@ -8,21 +8,32 @@
 # the gateway's counts are recorded): keep-alive HTTP/1.1 clients through an HTTP/2 origin
 # connection (50 and 200 clients, 1 KiB; 200 clients, 100 KiB), a new client connection per
 # request (50), the HTTP/1.1 keep-alive pool (200 clients, an origin that offers only
-# http/1.1), and cache hits (200). These are bench/compare.sh's cases; paths the training does
-# not run (errors, upgrades, h2 clients) are laid out as cold code, still correct.
+# http/1.1), cache hits (200), and nginx as the HTTP/2 origin (200 and 50 clients). These
+# are bench/compare.sh's cases; paths the training does not run (errors, upgrades, HTTP/2
+# clients) are laid out as cold code, still correct.
 #
-# Needs llvm-profdata of the LLVM major version rustc uses (`rustc -vV`); installs Debian's
-# llvm-N package if it is missing. Loopback only; stops every process it starts.
+# Needs llvm-profdata of the LLVM major version rustc uses (`rustc -vV`): rustup's llvm-tools
+# component, or Debian's llvm-N package (installed if neither is there). nginx for the
+# training (Debian's nginx-light, installed if missing). Loopback only; stops every process
+# it starts.
 #
 # Usage: bench/pgo.sh            then e.g. BIN_B=target/pgo/release/muxgate bench/compare.sh
+#        (or PGO=1 bench/compare.sh)
 #        PGO_REQUESTS=50000      requests per training case (default 40000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${PGO_REQUESTS:-40000}
 major=$(rustc -vV | awk '/^LLVM version:/ {split($3, v, "."); print v[1]}')
-profdata=$(command -v "llvm-profdata-$major" || true)
+# rustup's llvm-tools component if it is there, else Debian's llvm-N (an older llvm-profdata
+# cannot read the newer compiler's raw profiles).
+profdata=
+for f in "$(rustc --print sysroot)"/lib/rustlib/*/bin/llvm-profdata; do
+    [[ -x $f ]] && profdata=$f
+done
+[[ -n $profdata ]] || profdata=$(command -v "llvm-profdata-$major" || true)
 if [[ -z $profdata ]]; then
-    apt-get update -qq && apt-get install -y -qq "llvm-$major" >/dev/null
+    { apt-get update -qq && apt-get install -y -qq "llvm-$major" >/dev/null; } ||
+        { echo "bench/pgo.sh: needs llvm-profdata from LLVM $major (rustup component add llvm-tools, or Debian's llvm-$major)" >&2; exit 1; }
     profdata=$(command -v "llvm-profdata-$major")
 fi
 work=$(mktemp -d)
@@ -51,6 +62,12 @@ origin() { # origin NAME [ARGS]: starts a test-kit origin, prints its port
 }
 h2port=$(origin h2)
 h1port=$(origin h1 --h1-only)
+# nginx too (installed if missing): its responses' fields come as HPACK literals that the
+# gateway decodes every time, where the test kit's are table references after the first.
+source bench/nginx_origin.sh
+dir=$work/ng
+mkdir -p "$dir"
+nginx_origin
 gport=$(free_port)
 cat >"$work/gw.toml" <<TOML
 listen = ["127.0.0.1:$gport"]
@@ -63,6 +80,13 @@ name = "legacy"
 hosts = ["legacy"]
 url = "https://localhost:$h1port"
 tls_ca = "$work/h1/ca.pem"
+[[origins]]
+name = "nginx"
+hosts = ["nginx"]
+url = "https://localhost:$oport"
+tls_ca = "$dir/ca.pem"
+# Its files carry Last-Modified: the cache's heuristic would answer the training itself.
+cache = false
 [[origins]]
 name = "app"
 hosts = ["*"]
@@ -87,6 +111,8 @@ load 50 /bytes/1024 --close
 load 200 /bytes/102400
 load 200 /bytes/1024 --host legacy
 load 200 /cached/1024
+load 200 /bytes/1024 --host nginx
+load 50 /bytes/1024 --host nginx
 kill -TERM "$gw"
 wait "$gw" || true
 ls "$work"/raw/*.profraw >/dev/null
