@@ -12,16 +12,7 @@ else
     cargo build --release --quiet
     bin=$PWD/target/release/muxgate
 fi
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "${BASH_SOURCE[0]}")/scratch.sh"
 
 source "$(dirname "${BASH_SOURCE[0]}")/nginx_origin.sh"
 

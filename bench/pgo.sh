@@ -36,21 +36,16 @@ if [[ -z $profdata ]]; then
         { echo "bench/pgo.sh: needs llvm-profdata from LLVM $major (rustup component add llvm-tools, or Debian's llvm-$major)" >&2; exit 1; }
     profdata=$(command -v "llvm-profdata-$major")
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/scratch.sh
+work=$dir
 
 echo "[pgo] plain release build (origins and load client)" >&2
 cargo build --release --quiet
 plain=$PWD/target/release/muxgate
 echo "[pgo] instrumented build (target/pgo-gen)" >&2
-RUSTFLAGS="-Cprofile-generate=$work/raw" cargo build --release --quiet --target-dir target/pgo-gen
+# The same flags every time, so an unchanged source is not built again; where the counts go
+# is set when it runs (LLVM_PROFILE_FILE).
+RUSTFLAGS="-Cprofile-generate" cargo build --release --quiet --target-dir target/pgo-gen
 gen=$PWD/target/pgo-gen/release/muxgate
 
 origin() { # origin NAME [ARGS]: starts a test-kit origin, prints its port
@@ -65,9 +60,8 @@ h1port=$(origin h1 --h1-only)
 # nginx too (installed if missing): its responses' fields come as HPACK literals that the
 # gateway decodes every time, where the test kit's are table references after the first.
 source bench/nginx_origin.sh
-dir=$work/ng
-mkdir -p "$dir"
-nginx_origin
+mkdir -p "$work/ng"
+dir=$work/ng nginx_origin
 gport=$(free_port)
 cat >"$work/gw.toml" <<TOML
 listen = ["127.0.0.1:$gport"]
@@ -84,7 +78,7 @@ tls_ca = "$work/h1/ca.pem"
 name = "nginx"
 hosts = ["nginx"]
 url = "https://localhost:$oport"
-tls_ca = "$dir/ca.pem"
+tls_ca = "$work/ng/ca.pem"
 # Its files carry Last-Modified: the cache's heuristic would answer the training itself.
 cache = false
 [[origins]]
@@ -93,7 +87,7 @@ hosts = ["*"]
 url = "https://localhost:$h2port"
 tls_ca = "$work/h2/ca.pem"
 TOML
-RUST_LOG=warn "$gen" run -c "$work/gw.toml" 2>"$work/gw.err" &
+LLVM_PROFILE_FILE="$work/raw/%p-%m.profraw" RUST_LOG=warn "$gen" run -c "$work/gw.toml" 2>"$work/gw.err" &
 gw=$!
 pids+=($gw)
 for _ in $(seq 300); do
