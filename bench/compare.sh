@@ -54,7 +54,7 @@
 #   BIN_B=path/to/muxgate  adds gateway "muxgate-b": another build (or, with EXTRA_MUXGATE_B,
 #                        other settings) beside this one in the same run, for A/B comparisons:
 #                        GATEWAYS="muxgate muxgate-b haproxy" BIN_B=/tmp/muxgate-old
-#   PGO=1                muxgate is the profile-guided build (bench/pgo.sh, ~8 minutes more on
+#   PGO=1                muxgate is the profile-guided build (bench/pgo.sh, 8–12 minutes more on
 #                        2 cores); with BIN_B=target/release/muxgate the plain build runs beside it
 #   EXTRA_MUXGATE_B=...  extra top-level TOML lines for muxgate-b only (e.g. 'workers = 1')
 #   EXTRA_MUXGATE_B_ORIGIN=...  extra [[origins]] lines for muxgate-b only

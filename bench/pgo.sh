@@ -48,15 +48,19 @@ echo "[pgo] instrumented build (target/pgo-gen)" >&2
 RUSTFLAGS="-Cprofile-generate" cargo build --release --quiet --target-dir target/pgo-gen
 gen=$PWD/target/pgo-gen/release/muxgate
 
-origin() { # origin NAME [ARGS]: starts a test-kit origin, prints its port
+# origin NAME [ARGS]: starts a test-kit origin and sets port. Not in a $(...) subshell: its
+# pid must reach the list that cleanup stops.
+origin() {
     mkdir -p "$work/$1"
     "$plain" origin --dir "$work/$1" "${@:2}" >"$work/$1/out" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do grep -q listening "$work/$1/out" 2>/dev/null && break; sleep 0.1; done
-    awk '/listening/ {n = split($2, a, ":"); print a[n]}' "$work/$1/out"
+    port=$(awk '/listening/ {n = split($2, a, ":"); print a[n]}' "$work/$1/out")
 }
-h2port=$(origin h2)
-h1port=$(origin h1 --h1-only)
+origin h2
+h2port=$port
+origin h1 --h1-only
+h1port=$port
 # nginx too (installed if missing): its responses' fields come as HPACK literals that the
 # gateway decodes every time, where the test kit's are table references after the first.
 source bench/nginx_origin.sh
