@@ -44,8 +44,10 @@ cargo build --release --quiet
 plain=$PWD/target/release/muxgate
 echo "[pgo] instrumented build (target/pgo-gen)" >&2
 # The same flags every time, so an unchanged source is not built again; where the counts go
-# is set when it runs (LLVM_PROFILE_FILE).
-RUSTFLAGS="-Cprofile-generate" cargo build --release --quiet --target-dir target/pgo-gen
+# is set when it runs (LLVM_PROFILE_FILE). The flags instrument the build scripts and proc
+# macros too: their counts go aside, not into the profile or the current directory.
+LLVM_PROFILE_FILE="$work/build/%p-%m.profraw" RUSTFLAGS="-Cprofile-generate" \
+    cargo build --release --quiet --target-dir target/pgo-gen
 gen=$PWD/target/pgo-gen/release/muxgate
 
 # origin NAME [ARGS]: starts a test-kit origin and sets port. Not in a $(...) subshell: its
