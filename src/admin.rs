@@ -14,10 +14,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::server::stop::StopSignal;
 use crate::server::Live;
 
 /// Serves the admin endpoints until shutdown.
@@ -25,12 +25,14 @@ pub async fn serve(
     listener: TcpListener,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    stop: Arc<StopSignal>,
 ) {
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = shutdown.changed() => return,
+            _ = &mut stopped => return,
         };
         let live = live.clone();
         let metrics = metrics.clone();

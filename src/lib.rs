@@ -49,7 +49,6 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -73,9 +72,7 @@ pub struct Gateway {
     /// One per TLS listener, in config order.
     certs: Vec<Arc<ReloadableCert>>,
     metrics: Arc<Metrics>,
-    shutdown_tx: watch::Sender<bool>,
-    /// Wakes the listeners and client connections at shutdown (the watch wakes the admin
-    /// listener).
+    /// Wakes the listeners, the admin listener and client connections at shutdown.
     stop: Arc<server::stop::StopSignal>,
     tracker: TaskTracker,
     /// The shard threads (`runtime = "thread-per-core"`).
@@ -113,7 +110,6 @@ impl Gateway {
         }
         let metrics = Metrics::new();
         let proxy = Arc::new(Proxy::new(&cfg, &metrics)?);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stop = Arc::new(server::stop::StopSignal::new());
         let tracker = TaskTracker::new();
         let live = Arc::new(Live {
@@ -160,7 +156,7 @@ impl Gateway {
             Some(a) => {
                 let l = bind(a, cfg.raw.reuse_port).await?;
                 let addr = l.local_addr().map_err(|e| e.to_string())?;
-                tokio::spawn(admin::serve(l, live.clone(), metrics.clone(), shutdown_rx));
+                tokio::spawn(admin::serve(l, live.clone(), metrics.clone(), stop.clone()));
                 Some(addr)
             }
             None => None,
@@ -173,7 +169,6 @@ impl Gateway {
             running: Mutex::new(cfg),
             certs,
             metrics,
-            shutdown_tx,
             stop,
             tracker,
             shards,
@@ -278,7 +273,6 @@ impl Gateway {
     /// finish within `drain_timeout`, then returns.
     /// Returns false if connections were still open at the deadline.
     pub async fn shutdown(self) -> bool {
-        let _ = self.shutdown_tx.send(true);
         self.stop.stop();
         self.tracker.close();
         let drain = async {

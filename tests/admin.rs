@@ -9,7 +9,8 @@ use muxgate::testkit::origin::Origin;
 use muxgate::testkit::pki::Pki;
 use support::{admin_get, gateway_for, init, metric_value, Client};
 
-/// `/healthz` answers 200 `ok`; unknown admin paths are 404; the admin listener never proxies.
+/// `/healthz` answers 200 `ok`; unknown admin paths are 404; the admin listener never proxies,
+/// and it closes at shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_ok() {
     init();
@@ -31,7 +32,20 @@ async fn healthz_answers_ok() {
     assert_eq!(r.status, 404);
     assert_eq!(origin.stats.get(|s| &s.requests), 0);
     assert_eq!(origin.stats.get(|s| &s.connections), 0);
+    let admin = gw.admin_addr.expect("admin listener");
     assert!(gw.shutdown().await);
+    // Shutdown closes the admin listener too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpStream::connect(admin).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            r => assert!(
+                tokio::time::Instant::now() < deadline,
+                "admin listener still accepting after shutdown: {r:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// After traffic, `/metrics` reports the one h2 connection opened with one full handshake, the

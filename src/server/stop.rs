@@ -1,5 +1,5 @@
-//! Shutdown's wake-up for client listeners and connections: a flag, and the waker of every
-//! task that waits for it, kept in one list per shard.
+//! Shutdown's wake-up for the client and admin listeners and client connections: a flag,
+//! and the waker of every task that waits for it, kept in one list per shard.
 //!
 //! A `watch` receiver per connection did the same at ~500 instructions per connection: the
 //! receiver's clone and drop, and the registration of its `changed()` future with the
