@@ -172,8 +172,30 @@ def tree(root, t):
     return out
 
 
+def threads(root):
+    """tid -> utime+stime of every thread of ROOT and its descendants."""
+    out = {}
+    for p in tree(root, table()):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/stat") as f:
+                    s = f.read()
+            except OSError:
+                continue
+            f = s[s.rindex(")") + 2:].split()
+            out[tid] = int(f[11]) + int(f[12])
+    return out
+
+
 if sys.argv[1] == "tree":
     print(" ".join(map(str, tree(int(sys.argv[2]), table()))))
+elif sys.argv[1] == "threads":
+    # threads ROOT: "tid:ticks" for every thread of ROOT and its descendants
+    print(" ".join(f"{t}:{n}" for t, n in threads(int(sys.argv[2])).items()) or "-")
 elif sys.argv[1] == "cpu":
     # cpu ROOT: utime+stime of ROOT and its descendants so far, in milliseconds
     t = table()
@@ -520,7 +542,7 @@ case_spec() {
 for c in $CASES; do case_spec "$c" >/dev/null; done
 
 raw=$work/runs.tsv
-printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\torigin_cpu_ms_per_1k\twrk_cpu_ms_per_1k\tidle_pct\tsyscalls_per_req\n' >"$raw"
+printf 'rep\tcase\tgateway\tstatus\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\terr_detail\torigin_requests\tconns\tfull\tresumed\tproto\tpeak_rss_kib\tcpu_ms\tcpu_ms_per_1k\tsys_pct\torigin_cpu_ms_per_1k\twrk_cpu_ms_per_1k\tidle_pct\tsyscalls_per_req\tgw_top_threads_pct\torigin_top_threads_pct\n' >"$raw"
 notes=$work/notes.txt
 : >"$notes"
 
@@ -565,6 +587,11 @@ run_one() {
     roots+=("$perf_pid")
   fi
   ocpu0=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
+  # Per-thread CPU of the gateway and the origin: how evenly each spreads its work (a thread
+  # near 100 % of a core is where the pipeline queues).
+  local gth0=- gth1=- oth0 oth1
+  [[ -z $gw_pid ]] || gth0=$(python3 "$work/procs.py" threads "$gw_pid" 2>/dev/null || echo -)
+  oth0=$(python3 "$work/procs.py" threads "$origin_pid" 2>/dev/null || echo -)
   stat0=$(head -1 /proc/stat)
   # wrk under a shell whose `times` reports wrk's own CPU (the children's line, printed last).
   local wrap=()
@@ -585,6 +612,8 @@ run_one() {
     calls=${calls:--}
   fi
   ocpu1=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
+  [[ -z $gw_pid ]] || gth1=$(python3 "$work/procs.py" threads "$gw_pid" 2>/dev/null || echo -)
+  oth1=$(python3 "$work/procs.py" threads "$origin_pid" 2>/dev/null || echo -)
   # The machine's idle share during the load (all cores; idle + iowait jiffies).
   local idle
   idle=$(awk -v a="$stat0" -v b="$stat1" 'BEGIN { n = split(a, x, " "); split(b, y, " ")
@@ -643,10 +672,10 @@ run_one() {
     echo "- rep $rep $cs $g logged $(wc -l <<<"$logged") warning/error lines, e.g.: $(head -3 <<<"$logged" | cut -c1-300 | tr '\n' ' ')" >>"$notes"
   fi
   python3 - "$raw" "$rep" "$cs" "$g" "$status" "$requests" "$duration_us" "$p50_us" "$p99_us" \
-    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" "$ocpu" "$wcpu" "$idle" "$calls" $ostats <<'PY'
-import sys
+    "$connect" "$read" "$write" "$status_e" "$timeout_e" "$peak" "$cpu" "$sys" "$ocpu" "$wcpu" "$idle" "$calls" "$gth0" "$gth1" "$oth0" "$oth1" $ostats <<'PY'
+import os, sys
 (raw, rep, cs, g, status, req, dur, p50, p99, ec, er, ew, es, et, peak, cpu, sys_ms, ocpu, wcpu,
- idle, calls, oreq, conns, full, res, proto) = sys.argv[1:]
+ idle, calls, gth0, gth1, oth0, oth1, oreq, conns, full, res, proto) = sys.argv[1:]
 req, dur = int(req), int(dur) / 1e6
 errs = sum(map(int, (ec, er, ew, es, et)))
 detail = f"connect {ec}, read {er}, write {ew}, status {es}, timeout {et}"
@@ -655,14 +684,28 @@ sys_pct = "-" if cpu in ("-", "0") or sys_ms == "-" else f"{100 * float(sys_ms) 
 ocpu1k = "-" if ocpu == "-" or req == 0 else f"{float(ocpu) / (req / 1000):.2f}"
 wcpu1k = "-" if wcpu in ("-", "") or req == 0 else f"{float(wcpu) / (req / 1000):.2f}"
 calls1 = "-" if calls in ("-", "") or req == 0 else f"{int(calls) / req:.2f}"
+
+
+def busiest(a, b):
+    """The two busiest threads between snapshots a and b, in % of one core ("60/27")."""
+    if "-" in (a, b) or dur <= 0:
+        return "-"
+    before = dict(kv.split(":") for kv in a.split())
+    used = sorted((int(n) - int(before.get(t, 0)) for t, n in (kv.split(":") for kv in b.split())),
+                  reverse=True)
+    tck = os.sysconf("SC_CLK_TCK")
+    return "/".join(f"{100 * u / tck / dur:.0f}" for u in used[:2])
+
+
+gtop, otop = busiest(gth0, gth1), busiest(oth0, oth1)
 row = [rep, cs, g, status, req, f"{dur:.2f}", f"{req / dur:.0f}", f"{int(p50) / 1000:.2f}",
        f"{int(p99) / 1000:.2f}", errs, detail, oreq, conns, full, res, proto, peak, cpu, cpu1k, sys_pct,
-       ocpu1k, wcpu1k, idle, calls1]
+       ocpu1k, wcpu1k, idle, calls1, gtop, otop]
 with open(raw, "a") as f:
     f.write("\t".join(map(str, row)) + "\n")
 print(f"{cs} {g}: {req / dur:.0f} req/s, p99 {int(p99) / 1000:.1f} ms, errors {errs}, "
       f"origin conns {conns} (full {full}, resumed {res}, {proto}), peak RSS {peak} KiB, "
-      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys, {calls1} syscalls/req), origin CPU {ocpu1k} ms/1k req, wrk CPU {wcpu1k} ms/1k req, machine idle {idle}% [{status}]",
+      f"CPU {cpu1k} ms/1k req ({sys_pct}% sys, {calls1} syscalls/req), origin CPU {ocpu1k} ms/1k req, wrk CPU {wcpu1k} ms/1k req, machine idle {idle}%, busiest threads % of a core: gateway {gtop}, origin {otop} [{status}]",
       file=sys.stderr)
 PY
 }
@@ -723,10 +766,12 @@ print("Medians over repetitions. **× best peer**: req/s over the best of "
       "origin CPU: the same for the nginx origin's processes (what each gateway costs the origin); "
       "wrk CPU: the load generator's, per 1,000 requests (how the gateway's write pattern costs its "
       "clients); idle %: the machine's idle share during the run (near 0: the run was CPU-bound, "
-      "so req/s follows the sum of the three CPU columns).")
+      "so req/s follows the sum of the three CPU columns); busiest threads: the CPU of the gateway's "
+      "and the origin's two busiest threads in % of one core (medians; a thread near 100 holds the "
+      "pipeline up, one far above the other shows the work is not spread).")
 print()
-print("| case | gateway | req/s | × best peer | per rep | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | syscalls / req | origin CPU ms / 1k req | wrk CPU ms / 1k req | idle % | runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+print("| case | gateway | req/s | × best peer | per rep | × direct | p50 ms | p99 ms | errors | origin req | origin conns | full hs | resumed hs | proto | peak RSS MiB | CPU ms / 1k req | sys % | syscalls / req | origin CPU ms / 1k req | wrk CPU ms / 1k req | idle % | busiest threads: gateway | busiest threads: origin | runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for c in cases:
     by = {}
     for g in gws:
@@ -739,11 +784,17 @@ for c in cases:
     for g in gws:
         if g not in by:
             if g == "nghttpx" and c.startswith("fallback"):
-                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | | | | | |")
+                print(f"| {c} | nghttpx | n/a (no HTTP/1.1 fallback) | | | | | | | | | | | | | | | | | | | | | |")
             continue
         rs = by[g]
         ok = [r for r in rs if r["status"] == "ok"]
         f = lambda k, fmt: med([r[k] for r in ok], fmt)[0]
+
+        def top(k):
+            # Thread by thread ("60/27"): the median of each position over the repetitions.
+            runs = [[float(x) for x in r[k].split("/")] for r in ok if r.get(k) not in (None, "", "-")]
+            n = min(map(len, runs)) if runs else 0
+            return "/".join(f"{st.median(x[i] for x in runs):.0f}" for i in range(n)) or "–"
         errs = sum(int(r["errors"]) for r in rs if r.get("errors"))  # failed runs count too
         ratio = f"{rps[g] / best:.2f}×" if best and rps[g] else "–"
         rdir = f"{rps[g] / direct:.2f}×" if direct and rps[g] else "–"
@@ -764,7 +815,7 @@ for c in cases:
         print(f"| {c} | {name} | {f('rps', '{:.0f}')} | {ratio} | {span} | {rdir} | {f('p50_ms', '{:.2f}')} "
               f"| {f('p99_ms', '{:.1f}')} | {errs} | {f('origin_requests', '{:.0f}')} | {f('conns', '{:.0f}')} "
               f"| {f('full', '{:.0f}')} | {f('resumed', '{:.0f}')} | {protos} | {rss} | {f('cpu_ms_per_1k', '{:.1f}')} | {f('sys_pct', '{:.0f}')} "
-              f"| {f('syscalls_per_req', '{:.2f}')} | {f('origin_cpu_ms_per_1k', '{:.1f}')} | {f('wrk_cpu_ms_per_1k', '{:.1f}')} | {f('idle_pct', '{:.0f}')} | {status} |")
+              f"| {f('syscalls_per_req', '{:.2f}')} | {f('origin_cpu_ms_per_1k', '{:.1f}')} | {f('wrk_cpu_ms_per_1k', '{:.1f}')} | {f('idle_pct', '{:.0f}')} | {top('gw_top_threads_pct')} | {top('origin_top_threads_pct')} | {status} |")
 PY
   echo
   if [[ -s $notes ]]; then
