@@ -28,6 +28,15 @@
 //! 3.4–3.8 system calls per request with the relay, 3.2 with the [`anchor`] too;
 //! `bench/compare.sh` (`compare-2026-11-27-1404.md`) CPU per request −22 %, 0.85× → 1.03× the
 //! best peer's req/s.
+//!
+//! Tried and not kept (session 20, counters in a throw-away build, `bench/syscalls.sh` at 50
+//! clients): 78–80 % of the relay wake-ups a shard holds back are for a shard that is parked
+//! then, and a queued task ran 220–330 µs after it was queued. Two changes, using the
+//! runtime's park hooks: send the wake-up at once when the receiving shard is parked, and have
+//! a shard about to park take its relay's queue itself. The first left that delay at ~220 µs
+//! (the woken shard runs the I/O work it finds first) and raised parks from 15,000 to 39,000
+//! and context switches from 0.34 to 0.51 per request; neither change moved req/s beyond the
+//! machine's spread in `bench/compare.sh` (`close-c50`, `ka-c50`, three runs).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
