@@ -143,19 +143,22 @@ import json, os, signal, sys, time
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def stat(path):
+    """The fields of a /proc stat file after comm (state ppid ... utime(14) stime(15) ...
+    rss(24) counted from pid), or None if it has gone."""
+    try:
+        with open(path) as f:
+            s = f.read()
+    except OSError:
+        return None
+    return s[s.rindex(")") + 2:].split()
+
+
 def table():
     t = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
-        except OSError:
-            continue
-        f = s[s.rindex(")") + 2:].split()
-        # fields after comm: state ppid ... utime(14) stime(15) ... rss(24)
-        t[int(d)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[21]), int(f[12]))
+        if d.isdigit() and (f := stat(f"/proc/{d}/stat")):
+            t[int(d)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[21]), int(f[12]))
     return t
 
 
@@ -181,13 +184,8 @@ def threads(root):
         except OSError:
             continue
         for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/stat") as f:
-                    s = f.read()
-            except OSError:
-                continue
-            f = s[s.rindex(")") + 2:].split()
-            out[tid] = int(f[11]) + int(f[12])
+            if f := stat(f"/proc/{p}/task/{tid}/stat"):
+                out[tid] = int(f[11]) + int(f[12])
     return out
 
 
