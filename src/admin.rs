@@ -31,7 +31,13 @@ pub async fn serve(
     tokio::pin!(stopped);
     loop {
         let (stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    crate::server::accept_failed("admin", &e).await;
+                    continue;
+                }
+            },
             _ = &mut stopped => return,
         };
         let live = live.clone();

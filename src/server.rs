@@ -67,6 +67,16 @@ pub enum Accepted {
     Dispatch(Arc<Shards>),
 }
 
+/// How long a listener waits after a failed `accept` before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// After a failed `accept` (EMFILE and friends): logs it and backs off. The error leaves the
+/// listener readable, so accepting again at once would spin until a descriptor is free.
+pub async fn accept_failed(listener: &str, e: &std::io::Error) {
+    tracing::warn!(listener, error = %e, "accept failed");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
 /// Accepts on `listener` until shutdown.
 pub async fn accept_loop(
     listener: TcpListener,
@@ -84,9 +94,7 @@ pub async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failed("client", &e).await;
                     continue;
                 }
             },

@@ -1,0 +1,91 @@
+//! Out of file descriptors: an `accept` that fails (EMFILE) leaves its listener readable, so a
+//! listener that tried again at once would spin a core until a descriptor is free. The client
+//! and admin listeners back off instead, and serve the waiting connections once descriptors
+//! are free again. Its own test binary: it lowers the process's open-file limit.
+
+mod support;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
+
+use muxgate::testkit::origin::Origin;
+use muxgate::testkit::pki::Pki;
+use support::proxy_kit::bounded;
+use support::{gateway_for, init};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// utime + stime of this process so far, in clock ticks, read through a file opened earlier
+/// (no descriptor is free to open it when it matters).
+fn cpu_ticks(stat: &mut std::fs::File) -> u64 {
+    let mut s = String::new();
+    stat.seek(SeekFrom::Start(0)).expect("seek /proc/self/stat");
+    stat.read_to_string(&mut s).expect("read /proc/self/stat");
+    let f: Vec<&str> = s[s.rfind(')').expect("comm") + 2..].split(' ').collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// Sends `GET path` on a connection made while descriptors ran out; the status line.
+async fn status_of(mut s: tokio::net::TcpStream, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_back_off_while_descriptors_run_out_and_serve_afterwards() {
+    init();
+    bounded(60, async {
+        let pki = Pki::localhost().unwrap();
+        let origin = Origin::h2().start(&pki).await.unwrap();
+        let (gw, _files) = gateway_for(&origin, &pki, "").await;
+        let (client_addr, admin_addr) = (gw.http_addrs[0], gw.admin_addr.expect("admin"));
+        // The origin connection, opened now: nothing has to be dialled while descriptors run
+        // out.
+        let warm = support::get(client_addr, "app.test", "/bytes/10").await;
+        assert_eq!(warm.status, 200);
+
+        let mut stat = std::fs::File::open("/proc/self/stat").expect("open /proc/self/stat");
+        // The two client sockets exist before descriptors run out; connecting them takes none.
+        let (to_client, to_admin) = (
+            tokio::net::TcpSocket::new_v4().expect("socket"),
+            tokio::net::TcpSocket::new_v4().expect("socket"),
+        );
+        let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("getrlimit");
+        // A low limit, so that filling it takes few files.
+        let open_now = std::fs::read_dir("/proc/self/fd").expect("fd dir").count() as u64;
+        rlimit::setrlimit(rlimit::Resource::NOFILE, open_now + 64, hard).expect("setrlimit");
+        let mut fill = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            fill.push(f);
+            assert!(fill.len() < 10_000, "the lowered limit did not hold");
+        }
+        // None free: the gateway's accepts of these two connections fail.
+        let to_client = to_client
+            .connect(client_addr)
+            .await
+            .expect("connect client");
+        let to_admin = to_admin.connect(admin_addr).await.expect("connect admin");
+
+        let t0 = cpu_ticks(&mut stat);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let used = cpu_ticks(&mut stat) - t0;
+        // Spinning on either listener would cost ~100 ticks a second (one core).
+        assert!(
+            used < 40,
+            "the process used {used} clock ticks in 1 s while its accepts failed"
+        );
+
+        drop(fill);
+        rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard).expect("restore limit");
+        assert_eq!(status_of(to_admin, "/healthz").await, "HTTP/1.1 200 OK");
+        assert_eq!(status_of(to_client, "/bytes/10").await, "HTTP/1.1 200 OK");
+        assert!(gw.shutdown().await);
+    })
+    .await;
+}
