@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -40,19 +40,35 @@ pub async fn serve(
             },
             _ = &mut stopped => return,
         };
-        let live = live.clone();
-        let metrics = metrics.clone();
+        let (live, metrics, stop) = (live.clone(), metrics.clone(), stop.clone());
         tokio::spawn(async move {
+            // Like a client's: a connection that sends no complete request head within
+            // `client.header_timeout` (its keep-alive idle time too) is closed.
+            let header = live.limits.load().header_timeout.0;
             let svc = service_fn(move |req| {
                 let r = route(&req, &live.proxy.load(), &metrics);
                 async move { Ok::<_, Infallible>(r) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.wait() => {
+                    // Shutdown: a response being written finishes, an idle keep-alive
+                    // connection (a scraper's) closes now.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
         });
     }
 }
+
+/// How long an admin connection may take to finish its response at shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn route(req: &Request<Incoming>, proxy: &Proxy, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {

@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use muxgate::testkit::origin::Origin;
 use muxgate::testkit::pki::Pki;
-use support::{admin_get, gateway_for, init, metric_value, Client};
+use support::proxy_kit::RawConn;
+use support::{
+    admin_get, gateway_for, gateway_toml, https_url, init, metric_value, origin_toml,
+    start_gateway, Client,
+};
 
 /// `/healthz` answers 200 `ok`; unknown admin paths are 404; the admin listener never proxies,
-/// and it closes at shutdown.
+/// and it and its idle connections close at shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_ok() {
     init();
@@ -33,7 +37,17 @@ async fn healthz_answers_ok() {
     assert_eq!(origin.stats.get(|s| &s.requests), 0);
     assert_eq!(origin.stats.get(|s| &s.connections), 0);
     let admin = gw.admin_addr.expect("admin listener");
+    // A scraper's keep-alive connection, idle when shutdown comes.
+    let mut scraper = RawConn::connect(admin).await;
+    scraper
+        .send(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    assert_eq!(scraper.read_response(false).await.status, 200);
     assert!(gw.shutdown().await);
+    assert!(
+        scraper.closed_within(Duration::from_secs(3)).await,
+        "idle admin connection left open after shutdown"
+    );
     // Shutdown closes the admin listener too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -46,6 +60,42 @@ async fn healthz_answers_ok() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An admin connection that does not complete its request head within `client.header_timeout`
+/// is closed, whether it sent part of one or nothing (a slow client cannot hold the admin
+/// listener's connections open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connection_without_a_complete_head_is_closed() {
+    init();
+    let pki = Pki::localhost().unwrap();
+    let origin = Origin::h2().start(&pki).await.unwrap();
+    let files = pki.write().unwrap();
+    let tables = origin_toml("app", &["*"], &https_url(&origin), Some(&files.ca), "")
+        + "\n[client]\nheader_timeout = \"300ms\"\n";
+    let gw = start_gateway(&gateway_toml("", &tables)).await;
+    let admin = gw.admin_addr.expect("admin listener");
+    let mut silent = RawConn::connect(admin).await;
+    let mut slow = RawConn::connect(admin).await;
+    slow.send(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n").await;
+    let t0 = std::time::Instant::now();
+    assert!(
+        slow.closed_within(Duration::from_secs(5)).await,
+        "half a request head held the admin connection open"
+    );
+    // One that sends nothing at all (or idles between requests) is closed the same way.
+    assert!(
+        silent.closed_within(Duration::from_secs(5)).await,
+        "a silent admin connection was held open"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "closed before the header timeout: {:?}",
+        t0.elapsed()
+    );
+    // The listener still serves.
+    assert_eq!(admin_get(&gw, "/healthz").await.status, 200);
+    assert!(gw.shutdown().await);
 }
 
 /// After traffic, `/metrics` reports the one h2 connection opened with one full handshake, the
