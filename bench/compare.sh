@@ -149,9 +149,9 @@ def stat(path):
     try:
         with open(path) as f:
             s = f.read()
-    except OSError:
+        return s[s.rindex(")") + 2:].split()
+    except (OSError, ValueError):
         return None
-    return s[s.rindex(")") + 2:].split()
 
 
 def table():
@@ -192,8 +192,10 @@ def threads(root):
 if sys.argv[1] == "tree":
     print(" ".join(map(str, tree(int(sys.argv[2]), table()))))
 elif sys.argv[1] == "threads":
-    # threads ROOT: "tid:ticks" for every thread of ROOT and its descendants
-    print(" ".join(f"{t}:{n}" for t, n in threads(int(sys.argv[2])).items()) or "-")
+    # threads ROOT: "@SECONDS" (CLOCK_MONOTONIC), then "tid:ticks" for every thread of ROOT
+    # and its descendants ("-" if there are none)
+    ts = threads(int(sys.argv[2]))
+    print(" ".join([f"@{time.monotonic()}"] + [f"{t}:{n}" for t, n in ts.items()]) if ts else "-")
 elif sys.argv[1] == "cpu":
     # cpu ROOT: utime+stime of ROOT and its descendants so far, in milliseconds
     t = table()
@@ -685,14 +687,19 @@ calls1 = "-" if calls in ("-", "") or req == 0 else f"{int(calls) / req:.2f}"
 
 
 def busiest(a, b):
-    """The two busiest threads between snapshots a and b, in % of one core ("60/27")."""
-    if "-" in (a, b) or dur <= 0:
+    """The two busiest threads between snapshots a and b, in % of one core ("60/27"), over
+    the time between the snapshots."""
+    if "-" in (a, b):
         return "-"
-    before = dict(kv.split(":") for kv in a.split())
-    used = sorted((int(n) - int(before.get(t, 0)) for t, n in (kv.split(":") for kv in b.split())),
+    (t0, *a), (t1, *b) = a.split(), b.split()
+    span = float(t1[1:]) - float(t0[1:])
+    if span <= 0:
+        return "-"
+    before = dict(kv.split(":") for kv in a)
+    used = sorted((int(n) - int(before.get(t, 0)) for t, n in (kv.split(":") for kv in b)),
                   reverse=True)
     tck = os.sysconf("SC_CLK_TCK")
-    return "/".join(f"{100 * u / tck / dur:.0f}" for u in used[:2])
+    return "/".join(f"{100 * u / tck / span:.0f}" for u in used[:2])
 
 
 gtop, otop = busiest(gth0, gth1), busiest(oth0, oth1)

@@ -14,18 +14,20 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::stop::StopSignal;
 use crate::server::Live;
 
-/// Serves the admin endpoints until shutdown.
+/// Serves the admin endpoints until shutdown; connections run on `tracker`.
 pub async fn serve(
     listener: TcpListener,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     stop: Arc<StopSignal>,
+    tracker: TaskTracker,
 ) {
     let stopped = stop.wait();
     tokio::pin!(stopped);
@@ -41,7 +43,9 @@ pub async fn serve(
             _ = &mut stopped => return,
         };
         let (live, metrics, stop) = (live.clone(), metrics.clone(), stop.clone());
-        tokio::spawn(async move {
+        // Tracked like client connections: shutdown's drain waits for them (at most
+        // SHUTDOWN_GRACE once the signal is given).
+        tracker.spawn(async move {
             // Like a client's: a connection that sends no complete request head within
             // `client.header_timeout` (its keep-alive idle time too) is closed.
             let header = live.limits.load().header_timeout.0;

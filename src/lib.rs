@@ -156,7 +156,13 @@ impl Gateway {
             Some(a) => {
                 let l = bind(a, cfg.raw.reuse_port).await?;
                 let addr = l.local_addr().map_err(|e| e.to_string())?;
-                tokio::spawn(admin::serve(l, live.clone(), metrics.clone(), stop.clone()));
+                tokio::spawn(admin::serve(
+                    l,
+                    live.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                    tracker.clone(),
+                ));
                 Some(addr)
             }
             None => None,

@@ -24,10 +24,14 @@ fn cpu_ticks(stat: &mut std::fs::File) -> u64 {
     f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
 }
 
-/// Sends `GET path` on a connection made while descriptors ran out; the status line.
-async fn status_of(mut s: tokio::net::TcpStream, path: &str) -> String {
+/// Sends `GET path` on `s` (HTTP/1.1, `Connection: close`).
+async fn send_get(s: &mut tokio::net::TcpStream, path: &str) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write request");
+}
+
+/// The status line of the response on `s`, read to its end (at most 5 s).
+async fn status_line(mut s: tokio::net::TcpStream) -> String {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf)
@@ -35,6 +39,12 @@ async fn status_of(mut s: tokio::net::TcpStream, path: &str) -> String {
         .next()
         .unwrap_or("")
         .to_string()
+}
+
+/// True if nothing arrives on `s` for `wait`.
+async fn silent_for(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut b = [0u8; 1];
+    tokio::time::timeout(wait, s.peek(&mut b)).await.is_err()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,8 +57,10 @@ async fn listeners_back_off_while_descriptors_run_out_and_serve_afterwards() {
         let (client_addr, admin_addr) = (gw.http_addrs[0], gw.admin_addr.expect("admin"));
         // The origin connection, opened now: nothing has to be dialled while descriptors run
         // out.
-        let warm = support::get(client_addr, "app.test", "/bytes/10").await;
-        assert_eq!(warm.status, 200);
+        // The client stays open until descriptors are free again: closing it would free one
+        // here and one in the gateway.
+        let mut warm = support::Client::connect(client_addr).await;
+        assert_eq!(warm.get("app.test", "/bytes/10").await.status, 200);
 
         let mut stat = std::fs::File::open("/proc/self/stat").expect("open /proc/self/stat");
         // The two client sockets exist before descriptors run out; connecting them takes none.
@@ -66,16 +78,29 @@ async fn listeners_back_off_while_descriptors_run_out_and_serve_afterwards() {
             assert!(fill.len() < 10_000, "the lowered limit did not hold");
         }
         // None free: the gateway's accepts of these two connections fail.
-        let to_client = to_client
+        let mut to_client = to_client
             .connect(client_addr)
             .await
             .expect("connect client");
-        let to_admin = to_admin.connect(admin_addr).await.expect("connect admin");
+        let mut to_admin = to_admin.connect(admin_addr).await.expect("connect admin");
+        send_get(&mut to_client, "/bytes/10").await;
+        send_get(&mut to_admin, "/healthz").await;
 
+        // For a second: no answer on either (the gateway could not accept them), and no core
+        // spent on trying.
         let t0 = cpu_ticks(&mut stat);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let window = Duration::from_secs(1);
+        let (client_silent, admin_silent) = tokio::join!(
+            silent_for(&mut to_client, window),
+            silent_for(&mut to_admin, window)
+        );
         let used = cpu_ticks(&mut stat) - t0;
-        // Spinning on either listener would cost ~100 ticks a second (one core).
+        assert!(
+            client_silent && admin_silent,
+            "answered while descriptors had run out (client {client_silent}, admin {admin_silent})"
+        );
+        // Spinning on either listener would cost one core: ~100 ticks a second (Linux's
+        // CLK_TCK is 100).
         assert!(
             used < 40,
             "the process used {used} clock ticks in 1 s while its accepts failed"
@@ -83,8 +108,9 @@ async fn listeners_back_off_while_descriptors_run_out_and_serve_afterwards() {
 
         drop(fill);
         rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard).expect("restore limit");
-        assert_eq!(status_of(to_admin, "/healthz").await, "HTTP/1.1 200 OK");
-        assert_eq!(status_of(to_client, "/bytes/10").await, "HTTP/1.1 200 OK");
+        assert_eq!(status_line(to_admin).await, "HTTP/1.1 200 OK");
+        assert_eq!(status_line(to_client).await, "HTTP/1.1 200 OK");
+        drop(warm);
         assert!(gw.shutdown().await);
     })
     .await;
