@@ -36,7 +36,7 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    crate::server::accept_failed("admin", &e).await;
+                    crate::server::accept_failed("admin", &e, &metrics).await;
                     continue;
                 }
             },

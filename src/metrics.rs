@@ -47,6 +47,9 @@ pub struct Metrics {
     pub downstream_releases_total: Counter,
     /// `muxgate_downstream_connections_refused_total{reason}` (extension: over the limit, TLS failure)
     pub downstream_refused_total: Family<Labels, Counter>,
+    /// `muxgate_accept_errors_total{listener}` (extension: `accept` calls that failed, e.g. out
+    /// of file descriptors; `listener` is `client` or `admin`)
+    pub accept_errors_total: Family<Labels, Counter>,
     /// `muxgate_downstream_connections_closed_total{reason}` (extension: HTTP/1.1 client
     /// connections closed by `client.header_timeout`, `header_timeout`, or by
     /// `client.send_timeout`, `send_timeout` (also HTTP/2 clients that kept a stream given up
@@ -167,6 +170,7 @@ impl Metrics {
             shard_relayed_wakes: Family::default(),
             shard_relay_runs: Family::default(),
             downstream_refused_total: Family::default(),
+            accept_errors_total: Family::default(),
             downstream_closed_total: Family::default(),
             downstream_streams_closed_total: Family::default(),
             upstream_connections_total: Family::default(),
@@ -227,6 +231,11 @@ impl Metrics {
             "downstream_connections_refused",
             "Client connections closed at accept (limit) or TLS failure",
             m.downstream_refused_total.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept calls on a listener (e.g. out of file descriptors)",
+            m.accept_errors_total.clone(),
         );
         registry.register(
             "downstream_connections_closed",

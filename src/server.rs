@@ -70,10 +70,15 @@ pub enum Accepted {
 /// How long a listener waits after a failed `accept` before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// After a failed `accept` (EMFILE and friends): logs it and backs off. The error leaves the
-/// listener readable, so accepting again at once would spin until a descriptor is free.
-pub async fn accept_failed(listener: &str, e: &std::io::Error) {
+/// After a failed `accept` (EMFILE and friends): logs and counts it
+/// (`muxgate_accept_errors_total{listener}`) and backs off. The error leaves the listener
+/// readable, so accepting again at once would spin until a descriptor is free.
+pub async fn accept_failed(listener: &'static str, e: &std::io::Error, metrics: &Metrics) {
     tracing::warn!(listener, error = %e, "accept failed");
+    metrics
+        .accept_errors_total
+        .get_or_create(&vec![("listener", listener.to_string())])
+        .inc();
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
@@ -94,7 +99,7 @@ pub async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    accept_failed("client", &e).await;
+                    accept_failed("client", &e, &ctx.metrics).await;
                     continue;
                 }
             },

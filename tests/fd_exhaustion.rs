@@ -1,7 +1,8 @@
 //! Out of file descriptors: an `accept` that fails (EMFILE) leaves its listener readable, so a
 //! listener that tried again at once would spin a core until a descriptor is free. The client
-//! and admin listeners back off instead, and serve the waiting connections once descriptors
-//! are free again. Its own test binary: it lowers the process's open-file limit.
+//! and admin listeners back off instead (counting the failures in
+//! `muxgate_accept_errors_total{listener}`), and serve the waiting connections once
+//! descriptors are free again. Its own test binary: it lowers the process's open-file limit.
 
 mod support;
 
@@ -110,6 +111,16 @@ async fn listeners_back_off_while_descriptors_run_out_and_serve_afterwards() {
         rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard).expect("restore limit");
         assert_eq!(status_line(to_admin).await, "HTTP/1.1 200 OK");
         assert_eq!(status_line(to_client).await, "HTTP/1.1 200 OK");
+        // Each listener counted its failed accepts: a few, 50 ms apart, not a spin's worth.
+        let text = support::admin_get(&gw, "/metrics").await.text();
+        for l in ["client", "admin"] {
+            let n = support::metric_value(
+                &text,
+                &format!("muxgate_accept_errors_total{{listener=\"{l}\"}}"),
+            )
+            .unwrap_or(0.0);
+            assert!((1.0..=60.0).contains(&n), "{l}: {n} failed accepts\n{text}");
+        }
         drop(warm);
         assert!(gw.shutdown().await);
     })
