@@ -602,6 +602,9 @@ run_one() {
   out=$(timeout -k 5 $((DUR + 60)) bash -c '"$@" 2>&1; rc=$?; times; exit $rc' wrk \
     "${wrap[@]}" wrk -t"$THREADS" -c"$clients" -d"${DUR}s" --timeout 10s --latency \
     -s "$work/report.lua" "${hargs[@]}" "$url" 2>&1) || status=wrk-failed
+  # Right after wrk, like the first snapshot right before it (each is stamped with its time).
+  [[ -z $gw_pid ]] || gth1=$(python3 "$work/procs.py" threads "$gw_pid" 2>/dev/null || echo -)
+  oth1=$(python3 "$work/procs.py" threads "$origin_pid" 2>/dev/null || echo -)
   stat1=$(head -1 /proc/stat)
   local calls=-
   if [[ -n $perf_pid ]]; then
@@ -612,8 +615,6 @@ run_one() {
     calls=${calls:--}
   fi
   ocpu1=$(python3 "$work/procs.py" cpu "$origin_pid" 2>/dev/null || echo -)
-  [[ -z $gw_pid ]] || gth1=$(python3 "$work/procs.py" threads "$gw_pid" 2>/dev/null || echo -)
-  oth1=$(python3 "$work/procs.py" threads "$origin_pid" 2>/dev/null || echo -)
   # The machine's idle share during the load (all cores; idle + iowait jiffies).
   local idle
   idle=$(awk -v a="$stat0" -v b="$stat1" 'BEGIN { n = split(a, x, " "); split(b, y, " ")
