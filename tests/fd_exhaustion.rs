@@ -56,10 +56,9 @@ async fn listeners_back_off_while_descriptors_run_out_and_serve_afterwards() {
         let origin = Origin::h2().start(&pki).await.unwrap();
         let (gw, _files) = gateway_for(&origin, &pki, "").await;
         let (client_addr, admin_addr) = (gw.http_addrs[0], gw.admin_addr.expect("admin"));
-        // The origin connection, opened now: nothing has to be dialled while descriptors run
-        // out.
-        // The client stays open until descriptors are free again: closing it would free one
-        // here and one in the gateway.
+        // The origin connection is opened now, so nothing has to be dialled while descriptors
+        // run out; this client stays open until they are free again (closing it would free
+        // one here and one in the gateway).
         let mut warm = support::Client::connect(client_addr).await;
         assert_eq!(warm.get("app.test", "/bytes/10").await.status, 200);
 
