@@ -14,6 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
@@ -21,9 +22,11 @@ use crate::proxy::Proxy;
 use crate::server::stop::StopSignal;
 use crate::server::Live;
 
-/// Serves the admin endpoints until shutdown; connections run on `tracker`.
+/// Serves the admin endpoints until shutdown, at most `max_connections` connections at a time;
+/// connections run on `tracker`.
 pub async fn serve(
     listener: TcpListener,
+    max_connections: usize,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     stop: Arc<StopSignal>,
@@ -31,8 +34,9 @@ pub async fn serve(
 ) {
     let stopped = stop.wait();
     tokio::pin!(stopped);
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -42,10 +46,22 @@ pub async fn serve(
             },
             _ = &mut stopped => return,
         };
+        // Bounded like the client listener: a flood of scrapers (or of idle connections, each
+        // held up to the header timeout) cannot take every descriptor.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics
+                .downstream_refused_total
+                .get_or_create(&vec![("reason", "admin_limit".into())])
+                .inc();
+            tracing::warn!(%peer, limit = max_connections, "admin connection refused: at admin.max_connections");
+            drop(stream);
+            continue;
+        };
         let (live, metrics, stop) = (live.clone(), metrics.clone(), stop.clone());
         // Tracked like client connections: shutdown's drain waits for them (at most
         // SHUTDOWN_GRACE once the signal is given).
         tracker.spawn(async move {
+            let _slot = slot;
             // Like a client's: a connection that sends no complete request head within
             // `client.header_timeout` (its keep-alive idle time too) is closed.
             let header = live.limits.load().header_timeout.0;

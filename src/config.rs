@@ -350,12 +350,15 @@ pub struct TlsListen {
 pub struct Admin {
     /// Address of the admin listener; empty string disables it. Default: `"127.0.0.1:9901"`.
     pub listen: String,
+    /// Open admin connections at most; past it new ones are closed at accept. Default: 64.
+    pub max_connections: usize,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             listen: "127.0.0.1:9901".into(),
+            max_connections: 64,
         }
     }
 }
@@ -714,6 +717,9 @@ impl Config {
         } else {
             Some(parse_addr("admin.listen", &self.admin.listen)?)
         };
+        if self.admin.max_connections == 0 {
+            return Err(err("admin.max_connections", "must be at least 1"));
+        }
         let c = &self.client;
         if c.max_connections == 0 {
             return Err(err("client.max_connections", "must be at least 1"));
@@ -1086,6 +1092,11 @@ url = "https://127.0.0.1:8443"
             .validate()
             .unwrap_err();
         assert_eq!(e.key, "listen_tls.0.cert");
+        let e = Config::from_toml("[admin]\nmax_connections = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "admin.max_connections", "{e}");
     }
 
     #[test]

@@ -158,6 +158,7 @@ impl Gateway {
                 let addr = l.local_addr().map_err(|e| e.to_string())?;
                 tokio::spawn(admin::serve(
                     l,
+                    cfg.raw.admin.max_connections,
                     live.clone(),
                     metrics.clone(),
                     stop.clone(),

@@ -52,6 +52,9 @@ pub fn plan(old: &ValidConfig, new: &ValidConfig) -> Plan {
     if old.admin != new.admin {
         needs_restart.push("admin.listen");
     }
+    if old.raw.admin.max_connections != new.raw.admin.max_connections {
+        needs_restart.push("admin.max_connections");
+    }
     if old.raw.log_format != new.raw.log_format {
         needs_restart.push("log_format");
     }
@@ -185,5 +188,9 @@ mod tests {
             vec!["listen", "log_format", "reuse_port", "workers", "runtime"]
         );
         assert!(!p.keep_cache);
+        // The admin listener's cap is read once, when it starts.
+        let new = format!("{BASE}\n        [admin]\n        max_connections = 8");
+        let p = plan(&cfg(BASE), &cfg(&new));
+        assert_eq!(p.needs_restart, vec!["admin.max_connections"]);
     }
 }

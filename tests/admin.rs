@@ -99,6 +99,61 @@ async fn admin_connection_without_a_complete_head_is_closed() {
     assert!(gw.shutdown().await);
 }
 
+/// `admin.max_connections` caps open admin connections: past it a new one is closed at accept
+/// without an answer and counted; once one of the open ones closes, the listener serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_past_the_limit_are_refused() {
+    init();
+    let pki = Pki::localhost().unwrap();
+    let origin = Origin::h2().start(&pki).await.unwrap();
+    let files = pki.write().unwrap();
+    // Right after `[admin]`, so the key lands in that table.
+    let tables = "max_connections = 2\n".to_string()
+        + &origin_toml("app", &["*"], &https_url(&origin), Some(&files.ca), "");
+    let gw = start_gateway(&gateway_toml("", &tables)).await;
+    let admin = gw.admin_addr.expect("admin listener");
+    let healthz = b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
+    // Two keep-alive connections, each answered once, hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = RawConn::connect(admin).await;
+        c.send(healthz).await;
+        assert_eq!(c.read_response(false).await.status, 200);
+        held.push(c);
+    }
+    let mut third = RawConn::connect(admin).await;
+    assert!(
+        third.closed_within(Duration::from_secs(5)).await,
+        "a third admin connection was accepted past admin.max_connections = 2"
+    );
+    // The held connections close; their slots are free once the gateway sees that. Until
+    // then a new connection is refused too, and counted.
+    drop(held);
+    let mut refused = 1.0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        // Nothing sent first: a refused connection then ends with a clean close, and an
+        // accepted one waits silently for its request.
+        let mut c = RawConn::connect(admin).await;
+        if c.closed_within(Duration::from_millis(200)).await {
+            refused += 1.0;
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the closed connections' slots were not freed"
+            );
+            continue;
+        }
+        c.send(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await;
+        let resp = c.read_response(false).await;
+        assert_eq!(resp.status, 200);
+        break String::from_utf8_lossy(&resp.body).into_owned();
+    };
+    let series = "muxgate_downstream_connections_refused_total{reason=\"admin_limit\"}";
+    assert_eq!(metric_value(&text, series), Some(refused), "{text}");
+    assert!(gw.shutdown().await);
+}
+
 /// After traffic, `/metrics` reports the one h2 connection opened with one full handshake, the
 /// answered requests, an open connection and no stream left active.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
