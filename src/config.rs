@@ -354,6 +354,10 @@ pub struct Admin {
     pub max_connections: usize,
 }
 
+/// Upper bound of `admin.max_connections` (a scrape endpoint, not a traffic listener; also keeps
+/// the value within what a tokio semaphore holds).
+pub const MAX_ADMIN_CONNECTIONS: usize = 100_000;
+
 impl Default for Admin {
     fn default() -> Self {
         Admin {
@@ -719,6 +723,12 @@ impl Config {
         };
         if self.admin.max_connections == 0 {
             return Err(err("admin.max_connections", "must be at least 1"));
+        }
+        if self.admin.max_connections > MAX_ADMIN_CONNECTIONS {
+            return Err(err(
+                "admin.max_connections",
+                format!("must be at most {MAX_ADMIN_CONNECTIONS}"),
+            ));
         }
         let c = &self.client;
         if c.max_connections == 0 {
@@ -1093,6 +1103,11 @@ url = "https://127.0.0.1:8443"
             .unwrap_err();
         assert_eq!(e.key, "listen_tls.0.cert");
         let e = Config::from_toml("[admin]\nmax_connections = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "admin.max_connections", "{e}");
+        let e = Config::from_toml("[admin]\nmax_connections = 9223372036854775807\n")
             .unwrap()
             .validate()
             .unwrap_err();

@@ -163,7 +163,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             init_logging("info", cfg.raw.log_format == "json");
-            raise_nofile(cfg.raw.client.max_connections as u64 * 2 + 1024);
+            raise_nofile(
+                cfg.raw.client.max_connections as u64 * 2
+                    + cfg.raw.admin.max_connections as u64
+                    + 1024,
+            );
             rt.block_on(run(cfg, cli.config))
         }
         Cmd::Load {

@@ -229,7 +229,7 @@ impl Metrics {
         );
         registry.register(
             "downstream_connections_refused",
-            "Client connections closed at accept (limit) or TLS failure",
+            "Client connections closed at accept (limit) or TLS failure; admin connections past admin.max_connections (admin_limit)",
             m.downstream_refused_total.clone(),
         );
         registry.register(
