@@ -49,10 +49,7 @@ pub async fn serve(
         // Bounded like the client listener: a flood of scrapers (or of idle connections, each
         // held up to the header timeout) cannot take every descriptor.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics
-                .downstream_refused_total
-                .get_or_create(&vec![("reason", "admin_limit".into())])
-                .inc();
+            metrics.downstream_refused("admin_limit");
             tracing::warn!(%peer, limit = max_connections, "admin connection refused: at admin.max_connections");
             drop(stream);
             continue;

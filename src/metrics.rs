@@ -153,6 +153,13 @@ impl Metrics {
             .inc(&self.downstream_connections_total, protocol);
     }
 
+    /// Counts one connection closed at accept (`limit`, `admin_limit`, `tls`, `tls_timeout`).
+    pub fn downstream_refused(&self, reason: &'static str) {
+        self.downstream_refused_total
+            .get_or_create(&vec![("reason", reason.into())])
+            .inc();
+    }
+
     /// Counts one request the cache answered with `status`.
     pub fn cache_request(&self, status: &'static str) {
         self.cache_status.inc(&self.cache_requests_total, status);

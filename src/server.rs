@@ -107,10 +107,7 @@ pub async fn accept_loop(
         };
         let max = ctx.live.limits.load().max_connections;
         if ctx.open.load(Ordering::Acquire) >= max {
-            ctx.metrics
-                .downstream_refused_total
-                .get_or_create(&vec![("reason", "limit".into())])
-                .inc();
+            ctx.metrics.downstream_refused("limit");
             tracing::warn!(%peer, limit = max, "client connection refused: at client.max_connections");
             drop(stream);
             continue;
@@ -250,11 +247,8 @@ fn count(ctx: &ServerCtx, protocol: &'static str) {
     ctx.metrics.downstream_connection(protocol);
 }
 
-fn refused(ctx: &ServerCtx, reason: &str) {
-    ctx.metrics
-        .downstream_refused_total
-        .get_or_create(&vec![("reason", reason.into())])
-        .inc();
+fn refused(ctx: &ServerCtx, reason: &'static str) {
+    ctx.metrics.downstream_refused(reason);
 }
 
 async fn serve_http1<S>(io: S, mut client: ClientInfo, ctx: &Arc<ServerCtx>)
