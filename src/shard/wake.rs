@@ -339,6 +339,7 @@ mod tests {
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (wtx, wrx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (blocked_tx, blocked_rx) = mpsc::channel::<()>();
         let f = flag.clone();
         let registered = Arc::new(AtomicUsize::new(0));
         let shard_thread = std::thread::spawn(move || {
@@ -350,6 +351,9 @@ mod tests {
                 while registered.load(Ordering::Acquire) < 10 {
                     tokio::task::yield_now().await;
                 }
+                // From here to the first await the runtime runs nothing else: a wake sent
+                // after this message cannot be relayed before all ten are queued.
+                blocked_tx.send(()).unwrap();
                 go_rx.recv().unwrap();
                 for t in tasks {
                     t.await.unwrap();
@@ -357,6 +361,9 @@ mod tests {
             });
         });
         let wakers: Vec<Waker> = (0..10).map(|_| wrx.recv().unwrap()).collect();
+        // Not before the shard thread is past its yield loop: a wake during one of its yields
+        // let the relay run early, once for some of the ten and again for the rest.
+        blocked_rx.recv().unwrap();
         flag.store(true, Ordering::Release);
         for w in &wakers {
             w.wake_by_ref();
