@@ -160,6 +160,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one failed `accept` on the `client` or `admin` listener.
+    pub fn accept_error(&self, listener: &'static str) {
+        self.accept_errors_total
+            .get_or_create(&vec![("listener", listener.into())])
+            .inc();
+    }
+
     /// Counts one request the cache answered with `status`.
     pub fn cache_request(&self, status: &'static str) {
         self.cache_status.inc(&self.cache_requests_total, status);

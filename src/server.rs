@@ -75,10 +75,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// readable, so accepting again at once would spin until a descriptor is free.
 pub async fn accept_failed(listener: &'static str, e: &std::io::Error, metrics: &Metrics) {
     tracing::warn!(listener, error = %e, "accept failed");
-    metrics
-        .accept_errors_total
-        .get_or_create(&vec![("listener", listener.to_string())])
-        .inc();
+    metrics.accept_error(listener);
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
@@ -233,11 +230,11 @@ async fn serve_tls(
             crate::inplace::pinned(|| serve_http1(s, ClientInfo::new(peer, true), ctx)).await
         }
         Ok(Err(e)) => {
-            refused(ctx, "tls");
+            ctx.metrics.downstream_refused("tls");
             tracing::debug!(error = %e, "client TLS handshake failed");
         }
         Err(_) => {
-            refused(ctx, "tls_timeout");
+            ctx.metrics.downstream_refused("tls_timeout");
             tracing::debug!("client TLS handshake timed out");
         }
     }
@@ -245,10 +242,6 @@ async fn serve_tls(
 
 fn count(ctx: &ServerCtx, protocol: &'static str) {
     ctx.metrics.downstream_connection(protocol);
-}
-
-fn refused(ctx: &ServerCtx, reason: &'static str) {
-    ctx.metrics.downstream_refused(reason);
 }
 
 async fn serve_http1<S>(io: S, mut client: ClientInfo, ctx: &Arc<ServerCtx>)
